@@ -1,0 +1,266 @@
+"""The experiment config: typed, validated, read from TOML with `key=value` overrides.
+
+Every check that can fail runs here, before any data is loaded or any model is built, and each
+error names the field (dotted path) and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+METHODS = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small")
+IMAGE_DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "cifar100")
+VECTOR_DATASETS = ("mnist1d", "synthetic")
+LOCAL_FILE_DATASETS = ("mnist", "cifar10", "cifar100")
+DEFAULT_HIDDEN = {"mlp": [256, 256], "cnn": [64, 128, 256, 512]}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message lists `field: reason` lines."""
+
+
+def _parse_width(value: Any) -> Any:
+    """Accept widths as numbers or exact fractions written as strings ("1/8")."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"{value!r} is not a number or fraction like '1/8'") from exc
+    return value
+
+
+Width = Annotated[float, BeforeValidator(_parse_width), Field(gt=0, le=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100"] = "mnist5k"
+    root: str | None = Field(None, description="folder with MNIST IDX / CIFAR binary files")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    partition: Literal["iid", "dirichlet", "shards", "natural"] = "shards"
+    dirichlet_alpha: float = Field(0.3, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    synthetic_alpha: float = Field(1.0, ge=0)
+    synthetic_beta: float = Field(1.0, ge=0)
+    synthetic_max_samples: int | None = Field(1000, ge=50)
+
+
+class ModelConfig(_Section):
+    arch: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
+    scale: float = Field(1.0, gt=0)
+    norm: Literal["none", "bn", "gn"] = "none"
+    norm_groups: int = Field(4, ge=1)
+    scaler: bool = True
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """Hidden sizes of the global model (hidden x scale; integrality checked at load)."""
+        base = self.hidden if self.hidden is not None else DEFAULT_HIDDEN[self.arch]
+        return [round(h * self.scale) for h in base]
+
+
+class ClientsConfig(_Section):
+    num_clients: int = Field(100, ge=1)
+    per_round: int = Field(10, ge=1)
+    widths: list[Width] = Field(default_factory=lambda: [0.125], min_length=1)
+    proportions: list[Annotated[float, Field(gt=0)]] | None = None
+    weighting: Literal["samples", "uniform"] = "samples"
+    label_mask: bool = False
+
+
+class MethodConfig(_Section):
+    name: Literal["fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small"] = "fedbrb"
+    schedule: Literal["shear", "diagonal"] = "shear"
+    lam: float = Field(0.5, ge=0, le=1)
+    lam_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lam_end: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    engine: Literal["reference"] = "reference"
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(10, ge=1)
+    lr: float = Field(0.05, gt=0)
+    lr_schedule: Literal["constant", "multistep"] = "constant"
+    lr_milestones: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    clip_norm: float | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1)
+    batch_size: int = Field(1000, ge=1)
+
+
+class ExperimentConfig(_Section):
+    name: str = Field("experiment", min_length=1)
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(20, ge=1)
+    output_dir: str = "runs/experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def beta_min(self) -> float:
+        return min(self.clients.widths)
+
+    @property
+    def num_blocks(self) -> int:
+        """K = 1 / beta_min (an integer after validation)."""
+        return round(1 / self.beta_min)
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> ExperimentConfig:
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
+    """Relations between fields that no single field's type can express."""
+    out: list[str] = []
+    c, m, d = cfg.clients, cfg.model, cfg.data
+    if c.per_round > c.num_clients:
+        out.append(f"clients.per_round: {c.per_round} clients per round but only {c.num_clients} clients")
+    if c.proportions is not None and len(c.proportions) != len(c.widths):
+        out.append(f"clients.proportions: {len(c.proportions)} proportions for {len(c.widths)} widths")
+
+    base = m.hidden if m.hidden is not None else DEFAULT_HIDDEN[m.arch]
+    bad_scale = [h for h in base if abs(h * m.scale - round(h * m.scale)) > 1e-9 or round(h * m.scale) < 1]
+    if bad_scale:
+        out.append(f"model.scale: {m.scale} times hidden sizes {bad_scale} is not a positive integer")
+        return out
+    sizes = m.hidden_sizes
+
+    widths = [Fraction(w).limit_denominator(1 << 20) for w in c.widths]
+    k_exact = 1 / min(widths)
+    if k_exact.denominator != 1:
+        out.append(f"clients.widths: 1 / beta_min = {float(k_exact):g} is not an integer (K = 1/beta_min must be whole)")
+        return out
+    k = int(k_exact)
+    for w in widths:
+        if (w * k).denominator != 1:
+            out.append(f"clients.widths: width {float(w):g} is not a whole number of blocks of 1/{k}")
+    for g, n in enumerate(sizes):
+        if n % k:
+            out.append(f"model.hidden: hidden size {n} (group {g}) is not divisible by K = {k} blocks")
+    if out:
+        return out
+
+    if cfg.method.name == "fedavg_small":
+        client_sizes = {n // k for n in sizes}
+    elif cfg.method.name == "fedavg":
+        client_sizes = set(sizes)
+    else:
+        client_sizes = {int(w * n) for w in widths for n in sizes}
+    if m.norm == "gn":
+        bad = sorted(s for s in client_sizes if s % m.norm_groups)
+        if bad:
+            out.append(f"model.norm_groups: {m.norm_groups} groups do not divide client channel counts {bad}")
+
+    if m.arch == "cnn" and d.dataset not in IMAGE_DATASETS:
+        out.append(f"model.arch: the CNN needs image data, {d.dataset!r} is a vector dataset (use arch = 'mlp')")
+    if d.dataset in LOCAL_FILE_DATASETS and not d.root:
+        out.append(f"data.root: dataset {d.dataset!r} is read from local files; set data.root (nothing is downloaded)")
+    if d.partition == "natural" and d.dataset != "synthetic":
+        out.append(f"data.partition: 'natural' needs a dataset that defines its clients (synthetic), not {d.dataset!r}")
+    ms = cfg.train.lr_milestones
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        out.append(f"train.lr_milestones: {ms} must be strictly increasing")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and saving
+
+
+def default_config_text() -> str:
+    return resources.files("fedbrb_fast.configs").joinpath("default.toml").read_text()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value); the value is read as a TOML value, else as a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.1")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = _deep_copy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML config (the embedded default when `path` is None) and apply overrides."""
+    if path is None:
+        text, source = default_config_text(), "the embedded default config"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        text, source = p.read_text(), str(p)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_toml(cfg: ExperimentConfig) -> str:
+    """The resolved config (defaults filled in); None values are left out, as TOML has no null."""
+    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,50 @@
+"""What an engine needs to train one round, and what it hands back to aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..aggregation import ClientUpdate
+from ..data import FederatedData
+from ..models import Model
+from ..training import LocalTraining
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    round_idx: int
+    seed: int
+    model: Model
+    data: FederatedData
+    local: LocalTraining
+    weighting: str  # "samples" or "uniform"
+    label_masking: bool
+
+    def client_weight(self, client: int) -> float:
+        return float(self.data.num_samples(client)) if self.weighting == "samples" else 1.0
+
+    def label_mask(self, client: int) -> Tensor | None:
+        """Boolean [classes] of the classes in the client's data, or None without label masking."""
+        if not self.label_masking:
+            return None
+        mask = torch.zeros(self.data.num_classes, dtype=torch.bool)
+        mask[self.data.client_labels(client)] = True
+        return mask
+
+    def aggregation_masks(self, client: int) -> dict[str, Tensor]:
+        """Classifier rows of absent classes do not enter aggregation (label masking)."""
+        mask = self.label_mask(client)
+        if mask is None:
+            return {}
+        rows = mask.to(torch.float32)
+        return {"out.weight": rows.unsqueeze(1), "out.bias": rows}
+
+
+@dataclass(frozen=True)
+class TrainedRound:
+    updates: Sequence[ClientUpdate]
+    train_losses: dict[int, float]

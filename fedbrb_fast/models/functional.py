@@ -1,0 +1,36 @@
+"""Stateless building blocks shared by the models: scaler and the three norm options."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+BN_EPS = 1e-5
+
+
+def scale_activation(h: Tensor, *, beta: float, train: bool, scaler: bool) -> Tensor:
+    """HeteroFL's scaler: divide by the width ratio while training; identity at evaluation."""
+    return h / beta if (scaler and train and beta != 1.0) else h
+
+
+def static_batch_norm(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """BatchNorm with batch statistics in training and evaluation, no running stats.
+
+    Written out (instead of F.batch_norm) so a batch of one sample normalizes to the bias
+    rather than raising: short last batches are allowed.
+    """
+    dims = [0, *range(2, h.dim())]
+    mean = h.mean(dim=dims, keepdim=True)
+    var = h.var(dim=dims, unbiased=False, keepdim=True)
+    shape = [1, -1] + [1] * (h.dim() - 2)
+    return (h - mean) * (var + BN_EPS).rsqrt() * weight.view(shape) + bias.view(shape)
+
+
+def normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int) -> Tensor:
+    if kind == "none":
+        return h
+    if kind == "bn":
+        return static_batch_norm(h, weight, bias)
+    if kind == "gn":
+        return F.group_norm(h, groups, weight, bias, eps=BN_EPS)
+    raise ValueError(f"unknown norm {kind!r}")

@@ -1,0 +1,49 @@
+"""MLP: input -> [Linear -> scaler -> norm -> ReLU] per hidden group -> Linear to the classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .functional import normalize, scale_activation
+from .layout import ModelLayout, ParamSpec
+from .init import init_params
+
+
+class MLP:
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, *, norm: str = "none",
+                 norm_groups: int = 4, scaler: bool = True) -> None:
+        self.in_features, self.hidden, self.num_classes = in_features, list(hidden), num_classes
+        self.norm, self.norm_groups, self.scaler = norm, norm_groups, scaler
+        specs: list[ParamSpec] = []
+        fan_in, prev_group = in_features, None
+        for g, n in enumerate(hidden):
+            specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in), (g, prev_group)))
+            specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,)))
+            if norm != "none":
+                specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,)))
+                specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,)))
+            fan_in, prev_group = n, g
+        specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev_group)))
+        specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
+        self.layout = ModelLayout(tuple(hidden), tuple(specs))
+
+    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
+        return init_params(self.layout, generator)
+
+    def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False) -> Tensor:
+        h = x.flatten(1)
+        for g in range(len(self.hidden)):
+            h = F.linear(h, params[f"hidden{g}.weight"], params[f"hidden{g}.bias"])
+            h = scale_activation(h, beta=beta, train=train, scaler=self.scaler)
+            h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups)
+            h = F.relu(h)
+        return F.linear(h, params["out.weight"], params["out.bias"])
+
+    def flops_per_sample(self, widths: list[int]) -> int:
+        """Multiply-adds x2 of one forward pass at the given hidden widths."""
+        dims = [self.in_features, *widths, self.num_classes]
+        return 2 * sum(a * b for a, b in zip(dims, dims[1:]))

@@ -1,0 +1,78 @@
+"""A run's output folder: resolved config, per-round metrics (JSONL + CSV), final summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig, config_to_toml
+from ..profiling import PHASES
+from .atomic import append_line, atomic_write_text
+
+METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "train_loss", "lr", "lam", "clients", "excluded",
+                  *(f"sec_{p}" for p in (*PHASES, "total")))
+
+
+class RunWriter:
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+
+    @property
+    def metrics_jsonl(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    def start(self, cfg: ExperimentConfig) -> None:
+        """A fresh run: the resolved config, and empty metrics files (CSV with its header)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.dir / "config.toml", config_to_toml(cfg))
+        atomic_write_text(self.metrics_jsonl, "")
+        atomic_write_text(self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        append_line(self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True))
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(["" if row.get(c) is None else row.get(c) for c in METRIC_COLUMNS])
+        append_line(self.metrics_csv, buf.getvalue())
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best accuracy, final loss, and wall time per phase over the run."""
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    last = evaluated[-1] if evaluated else {}
+    phase_keys = sorted({k for r in rows for k in r if k.startswith("sec_")})
+    return {
+        "method": rows[0]["method"] if rows else None,
+        "rounds": rows[-1]["round"] if rows else 0,
+        "final_accuracy": last.get("accuracy"),
+        "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
+        "final_loss": last.get("loss"),
+        "excluded_updates": sum(r.get("excluded", 0) for r in rows),
+        "seconds": {k.removeprefix("sec_"): sum(r.get(k, 0.0) or 0.0 for r in rows) for k in phase_keys},
+    }

@@ -1,0 +1,6 @@
+"""Local client training (reference, autograd) and global-model evaluation."""
+
+from .evaluate import evaluate
+from .local import LocalResult, LocalTraining, masked_logits, minibatches, train_client
+
+__all__ = ["LocalResult", "LocalTraining", "evaluate", "masked_logits", "minibatches", "train_client"]

@@ -1,0 +1,66 @@
+"""Local training of one client on its sub-model with autograd (SPEC §4): the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models import Model
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Hyper-parameters of one client's local work in one round."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    params: dict[str, Tensor]
+    mean_loss: float
+    steps: int
+
+
+def minibatches(num_samples: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
+    """Sample positions of every local step: a fresh permutation per epoch, the last batch of an
+    epoch may be short. Every engine draws the order through this function."""
+    out = []
+    for _ in range(epochs):
+        perm = torch.randperm(num_samples, generator=generator)
+        out.extend(perm.split(batch_size))
+    return out
+
+
+def masked_logits(logits: Tensor, label_mask: Tensor | None) -> Tensor:
+    """Label masking: classes absent from the client's data leave the softmax."""
+    return logits if label_mask is None else logits.masked_fill(~label_mask, float("-inf"))
+
+
+def train_client(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, beta: float,
+                 hp: LocalTraining, generator: torch.Generator, label_mask: Tensor | None = None) -> LocalResult:
+    """SGD with momentum and weight decay (torch.optim.SGD semantics, fresh state), optional
+    gradient clipping by the client's global norm; returns the trained sub-tensors."""
+    trained = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.SGD(list(trained.values()), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    total, steps = 0.0, 0
+    for batch in minibatches(len(y), hp.batch_size, hp.epochs, generator):
+        logits = masked_logits(model.forward(trained, x[batch], beta=beta, train=True), label_mask)
+        loss = F.cross_entropy(logits, y[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(trained.values()), hp.clip_norm)
+        opt.step()
+        total += float(loss.detach())
+        steps += 1
+    return LocalResult({k: v.detach() for k, v in trained.items()}, total / max(steps, 1), steps)
