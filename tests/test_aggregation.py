@@ -199,3 +199,20 @@ def test_conv_weights_broadcast_over_both_sliced_axes():
     res = aggregate(p, layout, [up], AggregationRule("broadcast", lam=1.0, num_blocks=2))
     for n in layout.names:
         assert torch.allclose(res.params[n], torch.ones_like(res.params[n])), n  # every tile position reached
+
+
+def test_stacked_batch_aggregates_like_its_single_updates():
+    from fedbrb_fast.aggregation import ClientBatch
+
+    layout, p, ups = random_round("fedbrb")
+    same = [u for u in ups if len(u.indices[0]) == len(ups[0].indices[0])]
+    batch = ClientBatch(tuple(u.client for u in same), torch.tensor([u.weight for u in same]),
+                        tuple(torch.stack([u.indices[g] for u in same]) for g in range(2)),
+                        {n: torch.stack([u.params[n] for u in same]) for n in layout.names})
+    rest = [u for u in ups if u not in same]
+    rule = AggregationRule("broadcast", lam=0.4, num_blocks=4)
+    a = aggregate(p, layout, [batch, *rest], rule)
+    b = aggregate(p, layout, ups, rule)
+    assert sorted(a.included) == sorted(b.included)
+    for n in layout.names:
+        assert torch.allclose(a.params[n], b.params[n], atol=1e-6)

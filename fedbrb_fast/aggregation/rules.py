@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec, gather_tensor
-from .updates import AggregationError, ClientUpdate, non_finite_tensors, validate_updates
+from .updates import AggregationError, ClientBatch, ClientUpdate, as_updates, non_finite_tensors, validate_updates
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ class AggregationResult:
     excluded: dict[int, str] = field(default_factory=dict)  # client -> why it was left out
 
 
-def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates: Sequence[ClientUpdate],
-              rule: AggregationRule) -> AggregationResult:
+def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout,
+              updates: Sequence[ClientUpdate | ClientBatch], rule: AggregationRule) -> AggregationResult:
     """Validate everything first, drop non-finite updates, then apply the rule."""
+    updates = as_updates(updates)
     validate_updates(global_params, layout, updates)
     if rule.kind == "broadcast":
         for g, n in enumerate(layout.group_sizes):

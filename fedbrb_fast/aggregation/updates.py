@@ -29,6 +29,41 @@ class ClientUpdate:
     masks: Mapping[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ClientBatch:
+    """Clients whose sub-models have equal shapes, stacked on a leading client axis: what the
+    batched engine produces, aggregated without per-client dictionaries.
+
+    `weights` [n]; `indices` per group [n, k_g]; `params[name]` [n, *sub_shape];
+    `masks[name]` [n, *broadcastable to sub_shape] (optional)."""
+
+    clients: tuple[int, ...]
+    weights: Tensor
+    indices: tuple[Tensor, ...]
+    params: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def unbind(self) -> list[ClientUpdate]:
+        """One ClientUpdate per client, holding views into the stacked tensors (no copies)."""
+        return [
+            ClientUpdate(client=c, weight=float(self.weights[i]), indices=tuple(ix[i] for ix in self.indices),
+                         params={n: t[i] for n, t in self.params.items()},
+                         masks={n: m[i] for n, m in self.masks.items()})
+            for i, c in enumerate(self.clients)
+        ]
+
+
+def as_updates(items: Sequence[ClientUpdate | ClientBatch]) -> list[ClientUpdate]:
+    """Flatten a mix of single updates and stacked batches into single updates."""
+    out: list[ClientUpdate] = []
+    for item in items:
+        out.extend(item.unbind() if isinstance(item, ClientBatch) else [item])
+    return out
+
+
 def validate_updates(global_params: Mapping[str, Tensor], layout: ModelLayout, updates: Sequence[ClientUpdate]) -> None:
     """Raise AggregationError naming the client and tensor for any structural problem."""
     missing = [n for n in layout.names if n not in global_params]
