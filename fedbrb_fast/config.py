@@ -88,7 +88,8 @@ class MethodConfig(_Section):
 
 
 class TrainConfig(_Section):
-    engine: Literal["reference"] = "reference"
+    engine: Literal["reference", "batched"] = "batched"
+    max_clients_per_step: int = Field(256, ge=1, description="batched engine: clients trained at once (memory bound)")
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.05, gt=0)

@@ -29,9 +29,10 @@ def make_cfg(base, **sections):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("cnn", "gn")])
-def test_every_method_runs_and_stays_finite(tiny_cfg_dict, digits_data, method, arch, norm):
-    cfg = make_cfg(tiny_cfg_dict, method={"name": method},
+@pytest.mark.parametrize("arch,norm,engine", [("mlp", "none", "reference"), ("mlp", "bn", "batched"),
+                                              ("cnn", "gn", "reference"), ("cnn", "bn", "batched")])
+def test_every_method_runs_and_stays_finite(tiny_cfg_dict, digits_data, method, arch, norm, engine):
+    cfg = make_cfg(tiny_cfg_dict, method={"name": method}, train={"engine": engine},
                    model={"arch": arch, "hidden": [16, 16], "norm": norm, "norm_groups": 4})
     sim = Simulation(cfg, digits_data)
     records = [sim.run_round() for _ in range(cfg.rounds)]
@@ -61,7 +62,8 @@ def test_same_config_and_seed_give_identical_results(tiny_cfg_dict):
 @pytest.mark.parametrize("method", ["fedbrb", "fd"])
 def test_round_equals_the_spec_written_out(tiny_cfg_dict, digits_data, method):
     """plan -> extract -> train each client with its own generator -> aggregate, by hand."""
-    cfg = make_cfg(tiny_cfg_dict, method={"name": method, "lam": 0.3}, clients={"label_mask": True})
+    cfg = make_cfg(tiny_cfg_dict, method={"name": method, "lam": 0.3}, clients={"label_mask": True},
+                   train={"engine": "reference"})
     sim = Simulation(cfg, digits_data)
     start = sim.state_dict()
     sim.run_round()

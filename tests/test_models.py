@@ -123,3 +123,13 @@ def test_build_model_from_config():
 def test_flops_per_sample():
     assert MLP(784, [1024, 1024], 10).flops_per_sample([128, 128]) == 2 * (784 * 128 + 128 * 128 + 128 * 10)
     assert CNN(1, [4, 8], 10).flops_per_sample([4, 8], (28, 28)) == 2 * (28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 8 * 10)
+
+
+def test_group_norm_matches_torch_and_accepts_one_sample():
+    from fedbrb_fast.models.functional import group_norm
+
+    h = torch.randn(5, 8, 3, 3)
+    w, b = torch.rand(8) + 0.5, torch.randn(8)
+    assert torch.allclose(group_norm(h, w, b, 4), torch.nn.functional.group_norm(h, 4, w, b), atol=1e-5)
+    one = group_norm(torch.randn(1, 8), w, b, 8)  # one value per group: normalizes to the shift
+    assert torch.allclose(one, b.expand(1, 8))

@@ -18,9 +18,14 @@ from ..schedules import lam_at, lr_at
 from ..seeding import STREAM_INIT, torch_generator
 from ..training import LocalTraining, evaluate
 from .context import RoundContext
+from .batched import BatchedEngine
 from .reference import ReferenceEngine
 
-ENGINES = {"reference": ReferenceEngine}
+
+def make_engine(cfg: ExperimentConfig) -> ReferenceEngine | BatchedEngine:
+    if cfg.train.engine == "batched":
+        return BatchedEngine(cfg.train.max_clients_per_step)
+    return ReferenceEngine()
 
 
 def build_federated_data(cfg: ExperimentConfig) -> FederatedData:
@@ -60,7 +65,7 @@ class Simulation:
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes)
         self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
         self.client_widths = assign_widths(cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed)
-        self.engine = ENGINES[cfg.train.engine]()
+        self.engine = make_engine(cfg)
         self.round_idx = 0
         self.timer = PhaseTimer()
 

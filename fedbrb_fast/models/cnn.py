@@ -12,6 +12,7 @@ from torch import Tensor
 from .functional import normalize, scale_activation
 from .init import init_params
 from .layout import ModelLayout, ParamSpec
+from .stacked import stacked_linear, stacked_normalize
 
 
 class CNN:
@@ -47,6 +48,31 @@ class CNN:
                 h = F.max_pool2d(h, 2)
         h = h.mean(dim=(2, 3))
         return F.linear(h, params["out.weight"], params["out.bias"])
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
+                        train: bool = False) -> Tensor:
+        """Clients stacked: params [n, ...], x [n, b, C, H, W], mask [n, b] -> logits [n, b, classes].
+
+        Convolutions run as one grouped conv (groups = clients) on [b, n*C, H, W]."""
+        n, b = x.shape[:2]
+        h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
+        last = len(self.hidden) - 1
+        for g in range(len(self.hidden)):
+            w = params[f"hidden{g}.weight"]
+            c_out = w.shape[1]
+            h = F.conv2d(h, w.reshape(n * c_out, *w.shape[2:]), params[f"hidden{g}.bias"].reshape(-1),
+                         padding=1, groups=n)
+            h = scale_activation(h, beta=beta, train=train, scaler=self.scaler)
+            if self.norm != "none":
+                per_client = h.view(b, n, c_out, *h.shape[2:]).transpose(0, 1)
+                per_client = stacked_normalize(per_client, self.norm, params[f"norm{g}.weight"],
+                                               params[f"norm{g}.bias"], self.norm_groups, mask)
+                h = per_client.transpose(0, 1).reshape(b, n * c_out, *h.shape[2:])
+            h = F.relu(h)
+            if g != last:
+                h = F.max_pool2d(h, 2)
+        h = h.mean(dim=(2, 3)).view(b, n, -1).transpose(0, 1)
+        return stacked_linear(h, params["out.weight"], params["out.bias"])
 
     def flops_per_sample(self, widths: list[int], spatial: tuple[int, int]) -> int:
         """Multiply-adds x2 of the conv and linear layers of one forward pass."""

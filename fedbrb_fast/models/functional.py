@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 BN_EPS = 1e-5
@@ -26,11 +26,20 @@ def static_batch_norm(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return (h - mean) * (var + BN_EPS).rsqrt() * weight.view(shape) + bias.view(shape)
 
 
+def group_norm(h: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """GroupNorm written out: F.group_norm refuses a one-sample batch of vectors ([1, C])."""
+    grouped = h.reshape(h.shape[0], groups, -1)
+    var, mean = torch.var_mean(grouped, dim=2, keepdim=True, correction=0)
+    shape = [1, -1] + [1] * (h.dim() - 2)
+    normed = ((grouped - mean) * (var + BN_EPS).rsqrt()).reshape(h.shape)
+    return normed * weight.view(shape) + bias.view(shape)
+
+
 def normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int) -> Tensor:
     if kind == "none":
         return h
     if kind == "bn":
         return static_batch_norm(h, weight, bias)
     if kind == "gn":
-        return F.group_norm(h, groups, weight, bias, eps=BN_EPS)
+        return group_norm(h, weight, bias, groups)
     raise ValueError(f"unknown norm {kind!r}")

@@ -1,0 +1,72 @@
+"""Stacked building blocks: many clients' same-shape sub-models at once, client axis first.
+
+Activations are [n clients, b samples, C channels, *spatial]; `mask` [n, b] marks real samples
+(padding fills short last batches and clients whose data has run out). Norm statistics use real
+samples only, so a padded row never changes a real one — each client computes exactly what its
+own model would on its own batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .functional import BN_EPS
+from .layout import ParamSpec
+
+
+def gather_stacked(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...]) -> Tensor:
+    """[n, *sub_shape]: every client's sub-tensor in one advanced-indexing op. `indices` are
+    per group [n, k_g]; n is their first dimension."""
+    n = indices[0].shape[0]
+    lead = []
+    for axis in range(min(2, tensor.dim())):
+        g = spec.axis_groups[axis]
+        ix = indices[g] if g is not None else torch.arange(tensor.shape[axis]).expand(n, -1)
+        lead.append(ix.view(n, *([1] * axis), -1, *([1] * (min(2, tensor.dim()) - axis - 1))))
+    return tensor[tuple(lead)]
+
+
+def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """h [n, b, in] @ weight[n]^T + bias[n]: one batched GEMM for all clients."""
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def _mask_like(mask: Tensor, h: Tensor) -> Tensor:
+    return mask.to(h.dtype).view(*mask.shape, *([1] * (h.dim() - 2)))
+
+
+def masked_batch_norm(h: Tensor, weight: Tensor, bias: Tensor, mask: Tensor) -> Tensor:
+    """Static BatchNorm per client over its real samples (and spatial positions)."""
+    m = _mask_like(mask, h)
+    dims = (1, *range(3, h.dim()))
+    count = (m.sum(dim=1, keepdim=True) * math.prod(h.shape[3:])).clamp_min(1)
+    mean = (h * m).sum(dim=dims, keepdim=True) / count
+    centred = h - mean
+    var = (centred.square() * m).sum(dim=dims, keepdim=True) / count
+    shape = (h.shape[0], 1, h.shape[2], *([1] * (h.dim() - 3)))
+    return centred * (var + BN_EPS).rsqrt() * weight.view(shape) + bias.view(shape)
+
+
+def stacked_group_norm(h: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """GroupNorm per sample (so padding needs no mask) with per-client affine parameters."""
+    n, b, c = h.shape[:3]
+    grouped = h.reshape(n, b, groups, c // groups, *h.shape[3:])
+    dims = tuple(range(3, grouped.dim()))
+    var, mean = torch.var_mean(grouped, dim=dims, keepdim=True, correction=0)
+    normed = ((grouped - mean) * (var + BN_EPS).rsqrt()).reshape(h.shape)
+    shape = (n, 1, c, *([1] * (h.dim() - 3)))
+    return normed * weight.view(shape) + bias.view(shape)
+
+
+def stacked_normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int,
+                      mask: Tensor) -> Tensor:
+    if kind == "none":
+        return h
+    if kind == "bn":
+        return masked_batch_norm(h, weight, bias, mask)
+    if kind == "gn":
+        return stacked_group_norm(h, weight, bias, groups)
+    raise ValueError(f"unknown norm {kind!r}")

@@ -1,0 +1,154 @@
+"""The batched engine against the reference loop on the same plans, data and randomness."""
+
+import pytest
+import torch
+
+from fedbrb_fast.aggregation import ClientBatch, aggregate, rule_for_method
+from fedbrb_fast.config import config_from_dict
+from fedbrb_fast.data import FederatedData
+from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
+from fedbrb_fast.models import CNN, MLP
+from fedbrb_fast.models.stacked import gather_stacked
+from fedbrb_fast.models.layout import extract
+from fedbrb_fast.plans import make_round_plans
+from fedbrb_fast.profiling import PhaseTimer
+from fedbrb_fast.training import LocalTraining, minibatches
+from fedbrb_fast.training.batched import build_schedule
+from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
+
+SIZES = [1, 7, 13, 20, 33, 9, 16, 4]  # unequal: a single sample, short last batches, idle steps
+
+
+def make_data(input_shape, sizes=SIZES, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, *input_shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = tuple(perm[bounds[i]:bounds[i + 1]].sort().values for i in range(len(sizes)))
+    return FederatedData(x, y, x[:20], y[:20], classes, tuple(input_shape), idx)
+
+
+def model_and_data(arch, norm):
+    if arch == "mlp":
+        return MLP(12, [8, 16], 5, norm=norm, norm_groups=2), make_data((12,))
+    return CNN(2, [8, 16, 8], 5, norm=norm, norm_groups=2), make_data((2, 9, 9))
+
+
+def run_both(model, data, method, *, label_mask=False, clip=None, widths=(0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0),
+             max_clients=256, epochs=2, seed=5):
+    params = model.init(torch.Generator().manual_seed(seed))
+    clients = list(range(len(SIZES)))
+    plans = make_round_plans(method, 1, clients, list(widths), group_sizes=model.layout.group_sizes, num_blocks=4,
+                             seed=seed)
+    ctx = RoundContext(round_idx=1, seed=seed, model=model, data=data,
+                       local=LocalTraining(epochs, 8, 0.05, 0.9, 5e-4, clip), weighting="samples", label_masking=label_mask)
+    ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
+    bat = BatchedEngine(max_clients).train_round(ctx, plans, params, PhaseTimer())
+    return params, ref, bat
+
+
+def per_client(trained):
+    out = {}
+    for item in trained.updates:
+        for u in (item.unbind() if isinstance(item, ClientBatch) else [item]):
+            out[u.client] = u
+    return out
+
+
+def assert_same_clients(ref, bat, atol=2e-5):
+    r, b = per_client(ref), per_client(bat)
+    assert sorted(r) == sorted(b)
+    for c in r:
+        assert r[c].weight == b[c].weight
+        assert all(torch.equal(x, y) for x, y in zip(r[c].indices, b[c].indices))
+        for name, t in r[c].params.items():
+            assert torch.allclose(t, b[c].params[name], atol=atol, rtol=1e-4), (c, name, (t - b[c].params[name]).abs().max())
+        for name, m in r[c].masks.items():
+            assert torch.equal(m, b[c].masks[name])
+        assert ref.train_losses[c] == pytest.approx(bat.train_losses[c], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
+@pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
+                                       ("cnn", "none"), ("cnn", "bn"), ("cnn", "gn")])
+def test_per_client_training_and_aggregate_match_reference(method, arch, norm):
+    model, data = model_and_data(arch, norm)
+    params, ref, bat = run_both(model, data, method)
+    assert_same_clients(ref, bat)
+    rule = rule_for_method(method, 0.3, 4)
+    a = aggregate(params, model.layout, ref.updates, rule).params
+    b = aggregate(params, model.layout, bat.updates, rule).params
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=2e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_label_masking_and_clipping_match_reference(arch):
+    model, data = model_and_data(arch, "bn")
+    _, ref, bat = run_both(model, data, "fedbrb", label_mask=True, clip=0.05)
+    assert_same_clients(ref, bat)
+
+
+def test_chunking_changes_nothing():
+    model, data = model_and_data("mlp", "bn")
+    _, _, whole = run_both(model, data, "fd")
+    _, _, chunked = run_both(model, data, "fd", max_clients=2)
+    assert len(chunked.updates) > len(whole.updates)
+    a, b = per_client(whole), per_client(chunked)
+    for c in a:
+        for name in a[c].params:
+            assert torch.allclose(a[c].params[name], b[c].params[name], atol=1e-6)
+
+
+def test_width_chunks_group_equal_shapes():
+    plans = make_round_plans("fedbrb", 0, list(range(7)), [0.25, 0.5, 0.25, 0.5, 0.25, 0.25, 1.0],
+                             group_sizes=[8, 8], num_blocks=4, seed=0)
+    chunks = width_chunks(plans, 2)
+    assert sorted(len(c) for c in chunks) == [1, 2, 2, 2]  # widths 1/4 x4, 1/2 x2, 1 x1
+    for chunk in chunks:
+        assert len(chunk) <= 2 and len({p.width for p in chunk}) == 1
+    assert sorted(p.client for c in chunks for p in c) == list(range(7))
+
+
+def test_schedule_reproduces_reference_minibatches():
+    data = make_data((3,))
+    clients = [0, 2, 4]
+    rows = [data.client_indices[c] for c in clients]
+    sched = build_schedule(rows, 8, 2, seed=9, round_idx=3, clients=clients)
+    for i, c in enumerate(clients):
+        ref = minibatches(len(rows[i]), 8, 2, torch_generator(9, STREAM_TRAIN, 3, c))
+        assert int(sched.active[:, i].sum()) == len(ref)
+        for s, pos in enumerate(ref):
+            assert torch.equal(sched.rows[s, i][sched.mask[s, i]], rows[i][pos])
+    assert not sched.active[:, 0].all()  # the one-sample client idles after its steps
+
+
+def test_gather_stacked_equals_per_client_extract():
+    model = CNN(3, [8, 12], 4, norm="bn")
+    params = model.init(torch.Generator().manual_seed(0))
+    plans = make_round_plans("fd", 0, [0, 1, 2], [0.5] * 3, group_sizes=model.layout.group_sizes, num_blocks=4, seed=1)
+    idx = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(2))
+    for spec in model.layout.params:
+        stacked = gather_stacked(params[spec.name], spec, idx)
+        for i, p in enumerate(plans):
+            assert torch.equal(stacked[i], extract(params, model.layout, p.indices)[spec.name])
+
+
+@pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), ("fd", "cnn", "gn"), ("fedrolex", "mlp", "none")])
+def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
+    raw = {**tiny_cfg_dict, "rounds": 3, "method": {"name": method, "lam": 0.5},
+           "model": {"arch": arch, "hidden": [16, 16], "norm": norm, "norm_groups": 4},
+           "data": {"dataset": "digits", "partition": "dirichlet", "dirichlet_alpha": 0.5}}
+    runs = {}
+    for engine in ("reference", "batched"):
+        sim = Simulation(config_from_dict({**raw, "train": {**raw["train"], "engine": engine}}))
+        runs[engine] = ([sim.run_round() for _ in range(3)], sim.params)
+    (ra, pa), (rb, pb) = runs["reference"], runs["batched"]
+    for x, y in zip(ra, rb):
+        assert x.accuracy == pytest.approx(y.accuracy, abs=0.01)
+        assert x.loss == pytest.approx(y.loss, rel=1e-3)
+        assert x.train_loss == pytest.approx(y.train_loss, rel=1e-3)
+    for k in pa:
+        assert torch.allclose(pa[k], pb[k], atol=1e-4, rtol=1e-3), k
