@@ -105,7 +105,10 @@ def test_chunking_changes_nothing():
 def test_width_chunks_group_equal_shapes():
     plans = make_round_plans("fedbrb", 0, list(range(7)), [0.25, 0.5, 0.25, 0.5, 0.25, 0.25, 1.0],
                              group_sizes=[8, 8], num_blocks=4, seed=0)
-    chunks = width_chunks(plans, 2)
+    steps = {c: 1 + c % 3 for c in range(7)}
+    chunks = width_chunks(plans, 2, steps)
+    for chunk in chunks:
+        assert [steps[p.client] for p in chunk] == sorted((steps[p.client] for p in chunk), reverse=True)
     assert sorted(len(c) for c in chunks) == [1, 2, 2, 2]  # widths 1/4 x4, 1/2 x2, 1 x1
     for chunk in chunks:
         assert len(chunk) <= 2 and len({p.width for p in chunk}) == 1
@@ -114,15 +117,18 @@ def test_width_chunks_group_equal_shapes():
 
 def test_schedule_reproduces_reference_minibatches():
     data = make_data((3,))
-    clients = [0, 2, 4]
+    clients = [4, 2, 0]  # 33, 13 and 1 samples: non-increasing step counts
     rows = [data.client_indices[c] for c in clients]
     sched = build_schedule(rows, 8, 2, seed=9, round_idx=3, clients=clients)
     for i, c in enumerate(clients):
         ref = minibatches(len(rows[i]), 8, 2, torch_generator(9, STREAM_TRAIN, 3, c))
-        assert int(sched.active[:, i].sum()) == len(ref)
+        assert sum(1 for k in sched.active if k > i) == len(ref)
         for s, pos in enumerate(ref):
             assert torch.equal(sched.rows[s, i][sched.mask[s, i]], rows[i][pos])
-    assert not sched.active[:, 0].all()  # the one-sample client idles after its steps
+        assert not sched.mask[len(ref):, i].any()
+    assert sched.active == [3, 3, 2, 2] + [1] * 6  # 2, 4 and 10 steps: idle clients drop off the end
+    with pytest.raises(ValueError, match="non-increasing"):
+        build_schedule(rows[::-1], 8, 2, seed=9, round_idx=3, clients=clients[::-1])
 
 
 def test_gather_stacked_equals_per_client_extract():
@@ -134,6 +140,8 @@ def test_gather_stacked_equals_per_client_extract():
         stacked = gather_stacked(params[spec.name], spec, idx)
         for i, p in enumerate(plans):
             assert torch.equal(stacked[i], extract(params, model.layout, p.indices)[spec.name])
+        single = gather_stacked(params[spec.name], spec, tuple(ix[:1] for ix in idx))
+        assert single.untyped_storage().data_ptr() != params[spec.name].untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), ("fd", "cnn", "gn"), ("fedrolex", "mlp", "none")])

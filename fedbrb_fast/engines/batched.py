@@ -16,14 +16,15 @@ from ..aggregation import ClientBatch
 from ..models.stacked import gather_stacked
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
-from ..training.batched import build_schedule, train_stacked
+from ..training.batched import build_schedule, local_steps, train_stacked
 from .context import RoundContext, TrainedRound
 
 
-def width_chunks(plans: Sequence[ClientPlan], max_clients: int) -> list[list[ClientPlan]]:
-    """Plans grouped by width (equal sub-model shapes), each group cut into chunks."""
+def width_chunks(plans: Sequence[ClientPlan], max_clients: int, steps: Mapping[int, int]) -> list[list[ClientPlan]]:
+    """Plans grouped by width (equal sub-model shapes), ordered by decreasing local step count
+    `steps[client]` (so a chunk's clients idle from the end), each group cut into chunks."""
     by_width: dict[tuple[int, ...], list[ClientPlan]] = {}
-    for p in plans:
+    for p in sorted(plans, key=lambda p: (-steps[p.client], p.client)):
         by_width.setdefault(tuple(len(ix) for ix in p.indices), []).append(p)
     return [group[i:i + max_clients] for group in by_width.values() for i in range(0, len(group), max_clients)]
 
@@ -39,7 +40,9 @@ class BatchedEngine:
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
                     timer: PhaseTimer) -> TrainedRound:
         batches, losses = [], {}
-        for chunk in width_chunks(plans, self.max_clients_per_step):
+        steps = {p.client: local_steps(ctx.data.num_samples(p.client), ctx.local.batch_size, ctx.local.epochs)
+                 for p in plans}
+        for chunk in width_chunks(plans, self.max_clients_per_step, steps):
             clients = tuple(p.client for p in chunk)
             with timer.phase("gather"):
                 indices = tuple(torch.stack([p.indices[g] for p in chunk]) for g in range(len(chunk[0].indices)))

@@ -12,7 +12,7 @@ from torch import Tensor
 from .functional import normalize, scale_activation
 from .init import init_params
 from .layout import ModelLayout, ParamSpec
-from .stacked import stacked_linear, stacked_normalize
+from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
 class CNN:
@@ -50,10 +50,12 @@ class CNN:
         return F.linear(h, params["out.weight"], params["out.bias"])
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
-                        train: bool = False) -> Tensor:
+                        train: bool = False, linear: StackedLinear | None = None) -> Tensor:
         """Clients stacked: params [n, ...], x [n, b, C, H, W], mask [n, b] -> logits [n, b, classes].
 
-        Convolutions run as one grouped conv (groups = clients) on [b, n*C, H, W]."""
+        Convolutions run as one grouped conv (groups = clients) on [b, n*C, H, W]; `linear(h, layer)`
+        computes the classifier (default: one batched GEMM)."""
+        linear = linear or plain_linear(params)
         n, b = x.shape[:2]
         h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
         last = len(self.hidden) - 1
@@ -72,7 +74,7 @@ class CNN:
             if g != last:
                 h = F.max_pool2d(h, 2)
         h = h.mean(dim=(2, 3)).view(b, n, -1).transpose(0, 1)
-        return stacked_linear(h, params["out.weight"], params["out.bias"])
+        return linear(h, "out")
 
     def flops_per_sample(self, widths: list[int], spatial: tuple[int, int]) -> int:
         """Multiply-adds x2 of the conv and linear layers of one forward pass."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import normalize, scale_activation
-from .stacked import stacked_linear, stacked_normalize
+from .stacked import StackedLinear, plain_linear, stacked_normalize
 from .layout import ModelLayout, ParamSpec
 from .init import init_params
 
@@ -45,16 +45,18 @@ class MLP:
         return F.linear(h, params["out.weight"], params["out.bias"])
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
-                        train: bool = False) -> Tensor:
-        """Clients stacked: params [n, ...], x [n, b, *input], mask [n, b] -> logits [n, b, classes]."""
+                        train: bool = False, linear: StackedLinear | None = None) -> Tensor:
+        """Clients stacked: params [n, ...], x [n, b, *input], mask [n, b] -> logits [n, b, classes].
+        `linear(h, layer)` computes each linear layer (default: one batched GEMM)."""
+        linear = linear or plain_linear(params)
         h = x.flatten(2)
         for g in range(len(self.hidden)):
-            h = stacked_linear(h, params[f"hidden{g}.weight"], params[f"hidden{g}.bias"])
+            h = linear(h, f"hidden{g}")
             h = scale_activation(h, beta=beta, train=train, scaler=self.scaler)
             h = stacked_normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"),
                                   self.norm_groups, mask)
             h = F.relu(h)
-        return stacked_linear(h, params["out.weight"], params["out.bias"])
+        return linear(h, "out")
 
     def flops_per_sample(self, widths: list[int]) -> int:
         """Multiply-adds x2 of one forward pass at the given hidden widths."""

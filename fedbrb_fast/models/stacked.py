@@ -9,6 +9,7 @@ own model would on its own batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -18,20 +19,32 @@ from .layout import ParamSpec
 
 
 def gather_stacked(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...]) -> Tensor:
-    """[n, *sub_shape]: every client's sub-tensor in one advanced-indexing op. `indices` are
-    per group [n, k_g]; n is their first dimension."""
+    """[n, *sub_shape]: every client's sub-tensor in one indexing op per tensor, always a fresh
+    tensor (trainers update it in place). `indices` are per group [n, k_g]; n is their first
+    dimension. Whole axes are never indexed (row gathers run at copy speed)."""
     n = indices[0].shape[0]
-    lead = []
-    for axis in range(min(2, tensor.dim())):
-        g = spec.axis_groups[axis]
-        ix = indices[g] if g is not None else torch.arange(tensor.shape[axis]).expand(n, -1)
-        lead.append(ix.view(n, *([1] * axis), -1, *([1] * (min(2, tensor.dim()) - axis - 1))))
-    return tensor[tuple(lead)]
+    out_g = spec.axis_groups[0] if tensor.dim() else None
+    in_g = spec.axis_groups[1] if tensor.dim() > 1 else None
+    if out_g is not None and in_g is not None:
+        return tensor[indices[out_g].unsqueeze(2), indices[in_g].unsqueeze(1)]
+    if out_g is not None:
+        return tensor.index_select(0, indices[out_g].flatten()).view(n, -1, *tensor.shape[1:])
+    if in_g is not None:
+        return tensor.index_select(1, indices[in_g].flatten()).view(tensor.shape[0], n, -1, *tensor.shape[2:]).transpose(0, 1).contiguous()
+    return tensor.unsqueeze(0).repeat(n, *([1] * tensor.dim()))
+
+
+# (activations [n, b, in], layer name) -> [n, b, out]; lets a trainer intercept linear layers.
+StackedLinear = Callable[[Tensor, str], Tensor]
 
 
 def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """h [n, b, in] @ weight[n]^T + bias[n]: one batched GEMM for all clients."""
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def plain_linear(params: Mapping[str, Tensor]) -> StackedLinear:
+    return lambda h, layer: stacked_linear(h, params[f"{layer}.weight"], params[f"{layer}.bias"])
 
 
 def _mask_like(mask: Tensor, h: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Local client training (reference, autograd) and global-model evaluation."""
 
 from .evaluate import evaluate
-from .local import LocalResult, LocalTraining, masked_logits, minibatches, train_client
+from .local import LocalResult, LocalTraining, epoch_orders, masked_logits, minibatches, train_client
 
-__all__ = ["LocalResult", "LocalTraining", "evaluate", "masked_logits", "minibatches", "train_client"]
+__all__ = ["LocalResult", "LocalTraining", "epoch_orders", "evaluate", "masked_logits", "minibatches", "train_client"]

@@ -1,13 +1,19 @@
 """Local training of many same-width clients in lock-step (SPEC §4), on stacked tensors.
 
-Each client sees exactly the minibatches the reference loop would give it (same generator, same
-`minibatches`); short batches are padded and masked, and a client whose data has run out is
-frozen (no SGD step, no momentum change) while the others go on. Per-client SGD with momentum,
-weight decay and clipping are batched tensor ops with torch.optim.SGD's semantics.
+Each client sees exactly the minibatches the reference loop gives it (same generator, same
+`epoch_orders`); short batches are padded and masked. Clients are ordered by decreasing number
+of local steps, so the clients that still have data at step s are a prefix [:k] and every step
+works on views of that prefix (idle clients cost nothing and are never updated).
+
+Per-client SGD (torch.optim.SGD semantics, fresh state) is applied in place. Linear layers skip
+materializing their weight gradient: autograd stops at each layer's output y = h W^T + b, and
+the update is fused into one batched GEMM, `buf <- mu*buf + dY^T h` (or straight into the weight
+without momentum), which saves several passes over the largest tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Model
+from ..models.stacked import stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
-from .local import LocalTraining, minibatches
+from .local import LocalTraining, epoch_orders
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
 
@@ -25,73 +32,135 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
 @dataclass(frozen=True)
 class StepSchedule:
     """Data rows of every local step for n clients: rows [S, n, b] (indices into the shared
-    training tensor), sample mask [S, n, b], and active [S, n] (the client has a batch)."""
+    training tensor), sample mask [S, n, b], and the number of clients with a batch per step
+    (clients are sorted so those are a prefix)."""
 
     rows: Tensor
     mask: Tensor
-    active: Tensor
+    active: list[int]
+
+
+def local_steps(num_samples: int, batch_size: int, epochs: int) -> int:
+    return epochs * math.ceil(num_samples / batch_size)
 
 
 def build_schedule(client_rows: Sequence[Tensor], batch_size: int, epochs: int, seed: int, round_idx: int,
                    clients: Sequence[int]) -> StepSchedule:
-    """Minibatch order from each client's (seed, round, client) generator, padded to a table."""
-    per_client = [minibatches(len(rows), batch_size, epochs, torch_generator(seed, STREAM_TRAIN, round_idx, c))
-                  for rows, c in zip(client_rows, clients)]
-    steps = max(len(b) for b in per_client)
-    n = len(clients)
-    rows = torch.zeros(steps, n, batch_size, dtype=torch.int64)
-    mask = torch.zeros(steps, n, batch_size, dtype=torch.bool)
-    for i, (batches, own_rows) in enumerate(zip(per_client, client_rows)):
-        for s, pos in enumerate(batches):
-            rows[s, i, : len(pos)] = own_rows[pos]
-            mask[s, i, : len(pos)] = True
-    return StepSchedule(rows=rows, mask=mask, active=mask.any(dim=2))
+    """Minibatch table from each client's (seed, round, client) generator. Clients must come in
+    order of non-increasing step count."""
+    steps = [local_steps(len(r), batch_size, epochs) for r in client_rows]
+    if any(a < b for a, b in zip(steps, steps[1:])):
+        raise ValueError("clients must be ordered by non-increasing number of local steps")
+    total = steps[0] if steps else 0
+    rows = torch.zeros(total, len(clients), batch_size, dtype=torch.int64)
+    mask = torch.zeros(total, len(clients), batch_size, dtype=torch.bool)
+    for i, (own, c) in enumerate(zip(client_rows, clients)):
+        per_epoch = math.ceil(len(own) / batch_size) * batch_size
+        pos = torch.full((epochs, per_epoch), -1, dtype=torch.int64)
+        for e, perm in enumerate(epoch_orders(len(own), epochs, torch_generator(seed, STREAM_TRAIN, round_idx, c))):
+            pos[e, : len(perm)] = perm
+        pos = pos.view(-1, batch_size)
+        rows[: len(pos), i] = own[pos.clamp_min(0)]
+        mask[: len(pos), i] = pos >= 0
+    return StepSchedule(rows=rows, mask=mask, active=[sum(1 for n in steps if n > s) for s in range(total)])
+
+
+def fused_linear_layers(model: Model) -> list[str]:
+    """Layers whose weight update is fused (2-d weight [out, in] with a bias)."""
+    names = set(model.layout.names)
+    return [n.removesuffix(".weight") for n in model.layout.names
+            if n.endswith(".weight") and len(model.layout.spec(n).shape) == 2 and n.replace("weight", "bias") in names]
 
 
 def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_all: Tensor, schedule: StepSchedule,
                   *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-    """Train stacked client params [n, ...] in place of copies; returns (trained params, mean loss per client).
+    """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
+    returns (params, mean loss per client).
 
     `label_mask` [n, classes] bool removes absent classes from each client's softmax."""
-    theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    momentum = {k: torch.zeros_like(v) for k, v in theta.items()}
-    n = schedule.active.shape[1]
+    theta = {k: v.detach() for k, v in params.items()}
+    momentum = {k: torch.zeros_like(v) for k, v in theta.items()} if hp.momentum else {}
+    layers = fused_linear_layers(model)
+    fused = {f"{layer}.weight" for layer in layers} | {f"{layer}.bias" for layer in layers}
+    n = next(iter(theta.values())).shape[0]
     loss_sum = torch.zeros(n, dtype=torch.float64)
-    for s in range(schedule.rows.shape[0]):
-        mask, active = schedule.mask[s], schedule.active[s]
-        rows = schedule.rows[s]
-        logits = model.forward_stacked(theta, x_all[rows], mask, beta=beta, train=True)
+    for s, k in enumerate(schedule.active):
+        mask, rows = schedule.mask[s, :k], schedule.rows[s, :k]
+        # Views of the active prefix; updated in place, so theta itself trains.
+        leaves = {name: t[:k].detach() for name, t in theta.items()}
+        others = [name for name in leaves if name not in fused]
+        for name in others:
+            leaves[name].requires_grad_(True)
+        records: dict[str, tuple[Tensor, Tensor]] = {}
+
+        def linear(h: Tensor, layer: str) -> Tensor:
+            y = stacked_linear(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
+            if not y.requires_grad:
+                y.requires_grad_(True)
+            records[layer] = (h.detach(), y)
+            return y
+
+        logits = model.forward_stacked(leaves, x_all[rows], mask, beta=beta, train=True, linear=linear)
         if label_mask is not None:
-            logits = logits.masked_fill(~label_mask.unsqueeze(1), float("-inf"))
+            logits = logits.masked_fill(~label_mask[:k].unsqueeze(1), float("-inf"))
         per_sample = F.cross_entropy(logits.flatten(0, 1), y_all[rows].flatten(), reduction="none").view(mask.shape)
         per_sample = torch.where(mask, per_sample, torch.zeros((), dtype=per_sample.dtype))
         per_client = per_sample.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-        for t in theta.values():
-            t.grad = None
-        per_client.sum().backward()  # client i's gradient is that of its own mean loss
+        grads = torch.autograd.grad(per_client.sum(), [records[layer][1] for layer in layers] + [leaves[o] for o in others])
+        d_out = dict(zip(layers, grads[: len(layers)]))  # dLoss/dy per linear layer, [k, b, out]
+        g_other = dict(zip(others, grads[len(layers):]))
         with torch.no_grad():
-            _sgd_step(theta, momentum, active, hp)
-        loss_sum += per_client.detach().to(torch.float64)
-    steps = schedule.active.sum(dim=0).clamp_min(1)
-    return {k: v.detach() for k, v in theta.items()}, (loss_sum / steps).to(torch.float32)
+            if hp.clip_norm is not None:
+                coef = _clip_coefficients(d_out, records, g_other, hp.clip_norm)
+                d_out = {layer: d * coef.view(-1, 1, 1) for layer, d in d_out.items()}
+                g_other = {name: g * coef.view(-1, *([1] * (g.dim() - 1))) for name, g in g_other.items()}
+            for name, g in g_other.items():
+                _sgd(leaves[name], g, momentum.get(name, torch.empty(0))[:k], hp)
+            for layer in layers:
+                h, _ = records[layer]
+                dy = d_out[layer]
+                _sgd(leaves[f"{layer}.bias"], dy.sum(dim=1), momentum.get(f"{layer}.bias", torch.empty(0))[:k], hp)
+                _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, momentum.get(f"{layer}.weight", torch.empty(0))[:k], hp)
+        loss_sum[:k] += per_client.detach().to(torch.float64)
+    return theta, (loss_sum / _steps_per_client(schedule.active, n).clamp_min(1)).to(torch.float32)
 
 
-def _sgd_step(theta: dict[str, Tensor], momentum: dict[str, Tensor], active: Tensor, hp: LocalTraining) -> None:
-    """torch.optim.SGD per client (d = g + wd*p; buf = mu*buf + d; p -= lr*buf), only for
-    clients with a batch this step; gradient clipping by each client's global norm first."""
-    grads = {k: t.grad for k, t in theta.items()}
-    if hp.clip_norm is not None:
-        sq = sum(g.flatten(1).square().sum(dim=1) for g in grads.values())
-        coef = (hp.clip_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
-        grads = {k: g * _per_client(coef, g) for k, g in grads.items()}
-    for k, p in theta.items():
-        d = grads[k] + hp.weight_decay * p if hp.weight_decay else grads[k]
-        on = _per_client(active, p)
-        buf = momentum[k]
-        new_buf = buf * hp.momentum + d if hp.momentum else d
-        buf.copy_(torch.where(on, new_buf, buf))
-        p.sub_(torch.where(on, buf, torch.zeros((), dtype=p.dtype)), alpha=hp.lr)
+def _steps_per_client(active: list[int], n: int) -> Tensor:
+    counts = torch.zeros(n, dtype=torch.float64)
+    for k in active:
+        counts[:k] += 1
+    return counts
 
 
-def _per_client(values: Tensor, like: Tensor) -> Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
+def _clip_coefficients(d_out: dict[str, Tensor], records: dict[str, tuple[Tensor, Tensor]],
+                       g_other: dict[str, Tensor], max_norm: float) -> Tensor:
+    """Per client min(1, max_norm / (||grad|| + eps)) as clip_grad_norm_, with the linear weights'
+    ||dY^T h||_F^2 = sum((dY dY^T) * (h h^T)) from b x b Gram matrices (no weight-sized tensor)."""
+    sq = sum((g.flatten(1).square().sum(dim=1) for g in g_other.values()), torch.zeros(()))
+    for layer, dy in d_out.items():
+        h = records[layer][0]
+        sq = sq + (torch.bmm(dy, dy.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum(dim=(1, 2))
+        sq = sq + dy.sum(dim=1).square().sum(dim=1)
+    return (max_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
+
+
+def _sgd(p: Tensor, grad: Tensor, buf: Tensor, hp: LocalTraining) -> None:
+    """p -= lr * buf with buf = mu*buf + (grad + wd*p); in place (grad is consumed)."""
+    if hp.weight_decay:
+        grad.add_(p, alpha=hp.weight_decay)
+    if hp.momentum:
+        buf.mul_(hp.momentum).add_(grad)
+        grad = buf
+    p.add_(grad, alpha=-hp.lr)
+
+
+def _fused_linear_sgd(w: Tensor, dy: Tensor, h: Tensor, buf: Tensor, hp: LocalTraining) -> None:
+    """The SGD step of a linear weight whose gradient is dY^T h, without materializing it."""
+    grad_t = dy.transpose(1, 2)
+    if hp.momentum:
+        buf.baddbmm_(grad_t, h, beta=hp.momentum)
+        if hp.weight_decay:
+            buf.add_(w, alpha=hp.weight_decay)
+        w.add_(buf, alpha=-hp.lr)
+    else:
+        w.baddbmm_(grad_t, h, beta=1.0 - hp.lr * hp.weight_decay, alpha=-hp.lr)

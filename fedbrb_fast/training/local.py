@@ -31,14 +31,15 @@ class LocalResult:
     steps: int
 
 
+def epoch_orders(num_samples: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
+    """A fresh permutation of the client's samples per epoch: every engine draws its data order
+    through this function, so all see the same batches."""
+    return [torch.randperm(num_samples, generator=generator) for _ in range(epochs)]
+
+
 def minibatches(num_samples: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
-    """Sample positions of every local step: a fresh permutation per epoch, the last batch of an
-    epoch may be short. Every engine draws the order through this function."""
-    out = []
-    for _ in range(epochs):
-        perm = torch.randperm(num_samples, generator=generator)
-        out.extend(perm.split(batch_size))
-    return out
+    """Sample positions of every local step; the last batch of an epoch may be short."""
+    return [b for perm in epoch_orders(num_samples, epochs, generator) for b in perm.split(batch_size)]
 
 
 def masked_logits(logits: Tensor, label_mask: Tensor | None) -> Tensor:
