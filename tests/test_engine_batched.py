@@ -160,3 +160,43 @@ def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
         assert x.train_loss == pytest.approx(y.train_loss, rel=1e-3)
     for k in pa:
         assert torch.allclose(pa[k], pb[k], atol=1e-4, rtol=1e-3), k
+
+
+@pytest.mark.parametrize("mu,wd", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.1)])
+def test_implicit_linear_weight_follows_explicit_sgd(mu, wd):
+    from fedbrb_fast.training.implicit_linear import ImplicitLinearWeight
+
+    g = torch.Generator().manual_seed(0)
+    n, out_f, in_f, b = 3, 6, 5, 4
+    w0 = torch.randn(n, out_f, in_f, generator=g, dtype=torch.float64)
+    hp = LocalTraining(1, b, 0.1, mu, wd)
+    w, buf = w0.clone(), torch.zeros_like(w0)
+    imp = ImplicitLinearWeight(w0.clone(), steps=4, batch_size=b)
+    bias = torch.zeros(n, out_f, dtype=torch.float64)
+    for k in (3, 3, 2, 1):  # clients drop off the end
+        h = torch.randn(k, b, in_f, generator=g, dtype=torch.float64)
+        assert torch.allclose(imp.forward(h, bias[:k]), torch.bmm(h, w[:k].transpose(1, 2)), atol=1e-10)
+        dy = torch.randn(k, b, out_f, generator=g, dtype=torch.float64)
+        grad = torch.bmm(dy.transpose(1, 2), h) + wd * w[:k]
+        buf[:k] = mu * buf[:k] + grad
+        w[:k] -= 0.1 * buf[:k]
+        imp.step(h, dy, hp)
+    assert torch.allclose(imp.materialize(), w, atol=1e-10)
+
+
+def test_implicit_path_matches_reference_end_to_end():
+    from fedbrb_fast.training.implicit_linear import use_implicit
+
+    model = MLP(48, [32, 32], 5, norm="bn")
+    sizes = [8, 5, 8, 3, 7, 2, 6, 8]
+    data = make_data((48,), sizes=sizes)
+    assert use_implicit(16, 48, 2, 4) and use_implicit(16, 16, 2, 4)  # hidden layers of width-1/2 clients
+    params = model.init(torch.Generator().manual_seed(1))
+    plans = make_round_plans("fedbrb", 0, list(range(8)), [0.5] * 8, group_sizes=model.layout.group_sizes,
+                             num_blocks=2, seed=0)
+    for clip in (None, 0.05):
+        ctx = RoundContext(round_idx=0, seed=2, model=model, data=data, local=LocalTraining(1, 4, 0.05, 0.9, 5e-4, clip),
+                           weighting="samples", label_masking=True)
+        ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
+        bat = BatchedEngine().train_round(ctx, plans, params, PhaseTimer())
+        assert_same_clients(ref, bat)

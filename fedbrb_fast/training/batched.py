@@ -5,10 +5,12 @@ Each client sees exactly the minibatches the reference loop gives it (same gener
 of local steps, so the clients that still have data at step s are a prefix [:k] and every step
 works on views of that prefix (idle clients cost nothing and are never updated).
 
-Per-client SGD (torch.optim.SGD semantics, fresh state) is applied in place. Linear layers skip
-materializing their weight gradient: autograd stops at each layer's output y = h W^T + b, and
-the update is fused into one batched GEMM, `buf <- mu*buf + dY^T h` (or straight into the weight
-without momentum), which saves several passes over the largest tensors.
+Per-client SGD (torch.optim.SGD semantics, fresh state) is applied in place. Linear layers never
+materialize their weight gradient: autograd stops at each layer's output y = h W^T + b. With few
+local steps the weight stays implicit as start + low-rank terms for the whole round
+(`implicit_linear`); otherwise its update is fused into one batched GEMM,
+`buf <- mu*buf + dY^T h` (or straight into the weight without momentum). Both save several
+passes over the largest tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 from ..models import Model
 from ..models.stacked import stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
+from .implicit_linear import ImplicitLinearWeight, use_implicit
 from .local import LocalTraining, epoch_orders
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
@@ -79,10 +82,14 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
 
     `label_mask` [n, classes] bool removes absent classes from each client's softmax."""
     theta = {k: v.detach() for k, v in params.items()}
-    momentum = {k: torch.zeros_like(v) for k, v in theta.items()} if hp.momentum else {}
     layers = fused_linear_layers(model)
     fused = {f"{layer}.weight" for layer in layers} | {f"{layer}.bias" for layer in layers}
     n = next(iter(theta.values())).shape[0]
+    steps, batch = len(schedule.active), schedule.rows.shape[2]
+    implicit = {layer: ImplicitLinearWeight(theta[f"{layer}.weight"], steps, batch) for layer in layers
+                if use_implicit(*theta[f"{layer}.weight"].shape[1:], steps, batch)}
+    momentum = ({k: torch.zeros_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
+                if hp.momentum else {})
     loss_sum = torch.zeros(n, dtype=torch.float64)
     for s, k in enumerate(schedule.active):
         mask, rows = schedule.mask[s, :k], schedule.rows[s, :k]
@@ -94,7 +101,10 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
         records: dict[str, tuple[Tensor, Tensor]] = {}
 
         def linear(h: Tensor, layer: str) -> Tensor:
-            y = stacked_linear(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
+            if layer in implicit:
+                y = implicit[layer].forward(h, leaves[f"{layer}.bias"])
+            else:
+                y = stacked_linear(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
             if not y.requires_grad:
                 y.requires_grad_(True)
             records[layer] = (h.detach(), y)
@@ -120,8 +130,13 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
                 h, _ = records[layer]
                 dy = d_out[layer]
                 _sgd(leaves[f"{layer}.bias"], dy.sum(dim=1), momentum.get(f"{layer}.bias", torch.empty(0))[:k], hp)
-                _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, momentum.get(f"{layer}.weight", torch.empty(0))[:k], hp)
+                if layer in implicit:
+                    implicit[layer].step(h, dy, hp)
+                else:
+                    _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, momentum.get(f"{layer}.weight", torch.empty(0))[:k], hp)
         loss_sum[:k] += per_client.detach().to(torch.float64)
+    for layer, weight in implicit.items():
+        theta[f"{layer}.weight"] = weight.materialize()
     return theta, (loss_sum / _steps_per_client(schedule.active, n).clamp_min(1)).to(torch.float32)
 
 

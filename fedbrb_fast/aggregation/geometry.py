@@ -1,0 +1,66 @@
+"""How the fast aggregation paths see a parameter tensor: a 2-d array [rows, cols * inner].
+
+Only axes 0 and 1 may be sliced (ParamSpec enforces it), so every tensor flattens to `rows`
+(axis 0), `cols` (axis 1) and `inner` (the product of the whole trailing axes, e.g. a conv
+kernel's 3x3). A client's contiguous run of columns is then a contiguous run of `inner`-sized
+blocks in a row, which is what lets the kernels add straight into slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..models.layout import ParamSpec
+
+
+@dataclass(frozen=True)
+class TensorGeometry:
+    shape: tuple[int, ...]
+    sliced_rows: bool  # axis 0 is tied to a channel group
+    sliced_cols: bool  # axis 1 is tied to a channel group
+
+    @classmethod
+    def of(cls, spec: ParamSpec) -> TensorGeometry:
+        groups = spec.axis_groups
+        return cls(spec.shape, bool(groups) and groups[0] is not None, len(groups) > 1 and groups[1] is not None)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1] if len(self.shape) > 1 else 1
+
+    @property
+    def inner(self) -> int:
+        return math.prod(self.shape[2:])
+
+    @property
+    def width(self) -> int:
+        return self.cols * self.inner
+
+    def tiles(self, num_blocks: int) -> tuple[int, int]:
+        """Tile positions along rows and along the flattened width (1 where an axis is whole)."""
+        return (num_blocks if self.sliced_rows else 1, num_blocks if self.sliced_cols else 1)
+
+    def tile_shape(self, num_blocks: int) -> tuple[int, ...]:
+        k_rows, k_cols = self.tiles(num_blocks)
+        out = list(self.shape)
+        if out:
+            out[0] //= k_rows
+        if len(out) > 1:
+            out[1] //= k_cols
+        return tuple(out)
+
+    def flat(self, tensor: Tensor) -> Tensor:
+        """A global-shape tensor as [rows, width] (a view when contiguous)."""
+        return tensor.reshape(self.rows, self.width)
+
+    def flat_stack(self, stacked: Tensor) -> Tensor:
+        """Stacked client tensors [n, *sub_shape] as [n, k_rows, k_cols * inner]."""
+        n, sub = stacked.shape[0], stacked.shape[1:]
+        return stacked.reshape(n, sub[0] if sub else 1, math.prod(sub[1:]))
