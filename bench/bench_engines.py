@@ -5,7 +5,8 @@ matmul peak, and peak memory per chunk size.
     python bench/bench_engines.py --quick                                      # seconds
 
 Scenarios (issue #3):
-  (a) MLP 784-[1024, 1024]-10, clients at width 1/8, 1,000 clients x 50 samples, 1 epoch, batch 10
+  (a) MLP 784-[1024, 1024]-10, clients at width 1/8, 1,000 clients x 50 samples, 1 epoch, batch 10,
+      sampled from a population of 10,000 clients whose data is all in memory
   (b) HeteroFL CNN [64, 128, 256, 512] at width 1/16 on 28x28 inputs, 200 clients x 50 samples
 Every measurement runs in a fresh process (peak RSS is that process's own) on random inputs of
 the real shapes; the reference loop is timed on the first `--ref-clients` clients (its cost is
@@ -25,8 +26,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 SCENARIOS = {
-    "a": dict(arch="mlp", hidden=[1024, 1024], width=1 / 8, clients=1000, samples=50, input_shape=(784,)),
-    "b": dict(arch="cnn", hidden=[64, 128, 256, 512], width=1 / 16, clients=200, samples=50, input_shape=(1, 28, 28)),
+    "a": dict(arch="mlp", hidden=[1024, 1024], width=1 / 8, clients=1000, population=10000, samples=50,
+              input_shape=(784,)),
+    "b": dict(arch="cnn", hidden=[64, 128, 256, 512], width=1 / 16, clients=200, population=200, samples=50,
+              input_shape=(1, 28, 28)),
 }
 
 
@@ -55,8 +58,8 @@ def training_gflop(model, widths: list[int], input_shape: tuple[int, ...], sampl
     return (3 * fwd - first_dx) * samples / 1e9
 
 
-def measure(scenario: str, engine: str, clients: int, max_clients_per_step: int, threads: int) -> dict:
-    """One engine on one scenario, in this (fresh) process."""
+def measure(scenario: str, spec: dict, engine: str, clients: int, max_clients_per_step: int, threads: int) -> dict:
+    """One engine on one scenario `spec` (a SCENARIOS entry), in this (fresh) process."""
     import torch
 
     from fedbrb_fast.data import FederatedData
@@ -67,17 +70,19 @@ def measure(scenario: str, engine: str, clients: int, max_clients_per_step: int,
     from fedbrb_fast.training import LocalTraining
 
     torch.set_num_threads(threads)
-    s = SCENARIOS[scenario]
-    n, m = s["clients"], s["samples"]
+    s = spec
+    n, m, pop = s["clients"], s["samples"], s["population"]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * m, *s["input_shape"], generator=g)
-    y = torch.randint(0, 10, (n * m,), generator=g)
-    data = FederatedData(x, y, x[:10], y[:10], 10, s["input_shape"], tuple(torch.arange(i * m, (i + 1) * m) for i in range(n)))
+    x = torch.randn(pop * m, *s["input_shape"], generator=g)
+    y = torch.randint(0, 10, (pop * m,), generator=g)
+    data = FederatedData(x, y, x[:10], y[:10], 10, s["input_shape"],
+                         tuple(torch.arange(i * m, (i + 1) * m) for i in range(pop)))
+    sampled = sorted(torch.randperm(pop, generator=g)[:n].tolist())
     model = (MLP(784, s["hidden"], 10, norm="none") if s["arch"] == "mlp"
              else CNN(1, s["hidden"], 10, norm="bn"))
     params = model.init(torch.Generator().manual_seed(0))
     k = round(1 / s["width"])
-    plans = make_round_plans("fedbrb", 0, list(range(n)), [s["width"]] * n, group_sizes=model.layout.group_sizes,
+    plans = make_round_plans("fedbrb", 0, sampled, [s["width"]] * n, group_sizes=model.layout.group_sizes,
                              num_blocks=k, seed=0)[:clients]
     ctx = RoundContext(0, 0, model, data, LocalTraining(1, 10, 0.05, 0.9, 5e-4), "samples", False)
     eng = ReferenceEngine() if engine == "reference" else BatchedEngine(max_clients_per_step)
@@ -89,7 +94,8 @@ def measure(scenario: str, engine: str, clients: int, max_clients_per_step: int,
     widths = [len(ix) for ix in plans[0].indices]
     gflop = training_gflop(model, widths, s["input_shape"], clients * m)
     return {
-        "scenario": scenario, "engine": engine, "clients": clients, "max_clients_per_step": max_clients_per_step,
+        "scenario": scenario, "engine": engine, "clients": clients, "population": pop,
+        "max_clients_per_step": max_clients_per_step, "data_mb": (x.numel() * 4) / 2**20,
         "seconds": total, "gather_s": timer.seconds.get("gather", 0.0), "train_s": timer.seconds.get("train", 0.0),
         "client_updates_per_s": clients / total, "train_gflops": gflop / timer.seconds.get("train", total),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -111,22 +117,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check the script runs")
     args = ap.parse_args(argv)
     if args.quick:
-        SCENARIOS["a"].update(clients=40, hidden=[256, 256])
-        SCENARIOS["b"].update(clients=8, hidden=[16, 32, 64, 128])
+        SCENARIOS["a"].update(clients=40, population=80, hidden=[256, 256])
+        SCENARIOS["b"].update(clients=8, population=8, hidden=[16, 32, 64, 128])
         args.ref_clients, args.chunks = 8, "16"
     peak = in_fresh_process(matmul_peak_gflops)
     rows = []
     for sc in args.scenarios.split(","):
         n = SCENARIOS[sc]["clients"]
-        ref = in_fresh_process(measure, sc, "reference", min(args.ref_clients, n), 256, args.threads)
-        bat = in_fresh_process(measure, sc, "batched", n, 256, args.threads)
+        spec = SCENARIOS[sc]
+        ref = in_fresh_process(measure, sc, spec, "reference", min(args.ref_clients, n), 256, args.threads)
+        bat = in_fresh_process(measure, sc, spec, "batched", n, 256, args.threads)
         for r in (ref, bat):
             r["fraction_of_matmul_peak"] = r["train_gflops"] / peak
         bat["speedup_vs_reference"] = bat["client_updates_per_s"] / ref["client_updates_per_s"]
         rows += [ref, bat]
         if sc == "a":
             for c in (int(v) for v in args.chunks.split(",") if int(v) != 256):
-                r = in_fresh_process(measure, sc, "batched", n, c, args.threads)
+                r = in_fresh_process(measure, sc, spec, "batched", n, c, args.threads)
                 r["fraction_of_matmul_peak"] = r["train_gflops"] / peak
                 r["speedup_vs_reference"] = r["client_updates_per_s"] / ref["client_updates_per_s"]
                 rows.append(r)

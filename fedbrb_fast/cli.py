@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from .checkpoint import CheckpointError
 from .config import METHODS, ConfigError, load_config
-from .runner import compare_methods, run_experiment
+from .runner import RunInterrupted, compare_methods, resume_experiment, run_experiment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate model-heterogeneous (small-to-large) federated learning: FedBRB and its baselines.")
@@ -22,17 +23,33 @@ def _load(config: Path | None, overrides: list[str] | None):
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 @app.command()
-def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Run one experiment; writes config.toml, metrics.jsonl/.csv and summary.json."""
-    cfg = _load(config, set_)
-    result = run_experiment(cfg)
+def run(config: ConfigArg = None, set_: SetOpt = None,
+        resume: Annotated[Optional[Path], typer.Option(help="continue the run in this output folder")] = None) -> None:
+    """Run one experiment; writes config.toml, metrics.jsonl/.csv, events.jsonl, checkpoints,
+    model.safetensors and summary.json. SIGINT/SIGTERM stop it after a checkpoint."""
+    try:
+        if resume is not None:
+            if config is not None or set_:
+                raise _fail("--resume continues a run with its saved config; give no CONFIG or --set")
+            result = resume_experiment(resume)
+        else:
+            result = run_experiment(_load(config, set_))
+    except (ConfigError, CheckpointError) as exc:
+        raise _fail(str(exc)) from None
+    except RunInterrupted as exc:
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     acc = result.summary["final_accuracy"]
-    typer.echo(f"{cfg.method.name}: final accuracy {100 * acc:.2f}% -> {result.out_dir}")
+    typer.echo(f"{result.summary['method']}: final accuracy {100 * acc:.2f}% -> {result.out_dir}")
 
 
 @app.command()
@@ -43,8 +60,7 @@ def compare(config: ConfigArg = None, set_: SetOpt = None,
     try:
         out = compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()])
     except ConfigError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
     typer.echo("\n" + out["table"])
     typer.echo(f"table: {out['out_dir'] / 'comparison.md'}\nplot:  {out['out_dir'] / 'accuracy.png'}")
 
@@ -55,3 +71,7 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     from .config import config_to_toml
 
     typer.echo(config_to_toml(_load(config, set_)))
+
+
+if __name__ == "__main__":
+    app()

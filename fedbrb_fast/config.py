@@ -106,6 +106,17 @@ class EvalConfig(_Section):
     batch_size: int = Field(1000, ge=1)
 
 
+class FaultsConfig(_Section):
+    dropout: float = Field(0.0, ge=0, lt=1, description="probability that a sampled client never returns")
+    corrupt: float = Field(0.0, ge=0, le=1, description="probability that a returning client's update is corrupted")
+    corrupt_kind: Literal["nan", "inf", "huge"] = "nan"
+    max_update_norm: float | None = Field(None, gt=0, description="exclude updates whose norm exceeds this")
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(10, ge=0, description="rounds between checkpoints (0: only on a signal and at the end)")
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", min_length=1)
     seed: int = Field(0, ge=0)
@@ -117,6 +128,8 @@ class ExperimentConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @property
     def beta_min(self) -> float:

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..aggregation import aggregate, rule_for_method
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
+from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
 from ..models import build_model
 from ..plans import assign_widths, make_round_plans, sample_clients
 from ..profiling import PhaseTimer
@@ -49,11 +50,13 @@ class RoundRecord:
     lr: float
     lam: float | None
     clients: int
+    dropped: int
     excluded: int
     seconds: dict[str, float]
+    events: list[FaultEvent]
 
     def flat(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k != "seconds"}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("seconds", "events")}
         row.update({f"sec_{k}": round(v, 6) for k, v in self.seconds.items()})
         return row
 
@@ -87,13 +90,26 @@ class Simulation:
                            local=LocalTraining(cfg.train.local_epochs, cfg.train.batch_size, lr, cfg.train.momentum,
                                                cfg.train.weight_decay, cfg.train.clip_norm),
                            weighting=cfg.clients.weighting, label_masking=cfg.clients.label_mask)
-        trained = self.engine.train_round(ctx, plans, self.params, self.timer)
+        f = cfg.faults
+        dropped = pick_clients(clients, f.dropout, cfg.seed, t, salt=1)
+        trained = self.engine.train_round(ctx, [p for p in plans if p.client not in dropped], self.params, self.timer)
+        returned = [c for c in clients if c not in dropped]
+        corrupted = pick_clients(returned, f.corrupt, cfg.seed, t, salt=2)
+        corrupt(trained.updates, corrupted, f.corrupt_kind)
         lam = lam_at(t, cfg.rounds, lam=cfg.method.lam, schedule=cfg.method.lam_schedule, lam_end=cfg.method.lam_end)
         with self.timer.phase("aggregate"):
-            result = aggregate(self.params, self.model.layout, trained.updates,
+            updates, too_large = self._screen(trained.updates)
+            result = aggregate(self.params, self.model.layout, updates,
                                rule_for_method(cfg.method.name, lam, cfg.num_blocks))
             self.params = result.params
         self.round_idx += 1
+        excluded = {**too_large, **result.excluded}
+        events = ([FaultEvent(self.round_idx, c, "dropout", "never returned") for c in sorted(dropped)]
+                  + [FaultEvent(self.round_idx, c, "corrupted", f"injected {f.corrupt_kind}") for c in sorted(corrupted)]
+                  + [FaultEvent(self.round_idx, c, "excluded", why) for c, why in sorted(excluded.items())])
+        if not result.included:
+            events.append(FaultEvent(self.round_idx, None, "no_updates",
+                                     "no client update reached aggregation; the global model is unchanged"))
         accuracy = loss = None
         if self.round_idx % cfg.eval.every == 0 or self.finished:
             with self.timer.phase("evaluate"):
@@ -104,7 +120,28 @@ class Simulation:
         return RoundRecord(round=self.round_idx, method=cfg.method.name, accuracy=accuracy, loss=loss,
                            train_loss=sum(kept) / len(kept) if kept else None, lr=lr,
                            lam=lam if cfg.method.name == "fedbrb" else None, clients=len(plans),
-                           excluded=len(result.excluded), seconds=seconds)
+                           dropped=len(dropped), excluded=len(excluded), seconds=seconds, events=events)
+
+    def _screen(self, updates):
+        """Drop updates whose norm exceeds faults.max_update_norm (NaN norms are left to
+        aggregation, which excludes non-finite updates)."""
+        bound = self.cfg.faults.max_update_norm
+        if bound is None:
+            return updates, {}
+        norms = update_norms(self.params, self.model.layout, updates)
+        too_large = {c: f"update norm {n:.4g} exceeds max_update_norm {bound:g}" for c, n in norms.items() if n > bound}
+        return without_clients(updates, set(too_large)), too_large
+
+    def restore(self, params: dict[str, Tensor], round_idx: int) -> None:
+        """Continue from a checkpoint: its global parameters after `round_idx` rounds."""
+        expected = {s.name: s.shape for s in self.model.layout.params}
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if got != expected:
+            raise ValueError(f"checkpoint tensors {got} do not match the model {expected}")
+        if not 0 <= round_idx <= self.cfg.rounds:
+            raise ValueError(f"checkpoint round {round_idx} is outside 0..{self.cfg.rounds}")
+        self.params = {k: v.clone() for k, v in params.items()}
+        self.round_idx = round_idx
 
     def evaluate(self) -> tuple[float, float]:
         return evaluate(self.model, self.params, self.data.x_test, self.data.y_test, self.cfg.eval.batch_size)

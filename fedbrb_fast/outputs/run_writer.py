@@ -13,7 +13,7 @@ from ..config import ExperimentConfig, config_to_toml
 from ..profiling import PHASES
 from .atomic import append_line, atomic_write_text
 
-METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "train_loss", "lr", "lam", "clients", "excluded",
+METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "train_loss", "lr", "lam", "clients", "dropped", "excluded",
                   *(f"sec_{p}" for p in (*PHASES, "total")))
 
 
@@ -29,21 +29,37 @@ class RunWriter:
     def metrics_csv(self) -> Path:
         return self.dir / "metrics.csv"
 
+    @property
+    def events_jsonl(self) -> Path:
+        return self.dir / "events.jsonl"
+
     def start(self, cfg: ExperimentConfig) -> None:
-        """A fresh run: the resolved config, and empty metrics files (CSV with its header)."""
+        """A fresh run: the resolved config, and empty metrics and event logs (CSV with its header)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.toml", config_to_toml(cfg))
-        atomic_write_text(self.metrics_jsonl, "")
-        atomic_write_text(self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n")
+        self.restore([], [])
 
-    def append(self, row: dict[str, Any]) -> None:
+    def restore(self, rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        """Rewrite the logs to hold exactly `rows` and `events` (resuming drops whatever a crash
+        left after the checkpoint)."""
+        atomic_write_text(self.metrics_jsonl, "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows))
+        atomic_write_text(self.events_jsonl, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+
+    def append(self, row: dict[str, Any], events: list[dict[str, Any]] = ()) -> None:
+        for event in events:
+            append_line(self.events_jsonl, json.dumps(event, sort_keys=True))
         append_line(self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True))
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="").writerow(["" if row.get(c) is None else row.get(c) for c in METRIC_COLUMNS])
-        append_line(self.metrics_csv, buf.getvalue())
+        append_line(self.metrics_csv, _csv_line(row))
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(["" if row.get(c) is None else row.get(c) for c in METRIC_COLUMNS])
+    return buf.getvalue()
 
 
 def _clean(value: Any) -> Any:
@@ -58,8 +74,11 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Rows of a JSONL log. A last line without its newline is a write cut short by a crash and
+    is ignored; every complete line is a whole record."""
+    text = Path(path).read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,6 +92,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "final_accuracy": last.get("accuracy"),
         "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
         "final_loss": last.get("loss"),
+        "dropped_clients": sum(r.get("dropped", 0) for r in rows),
         "excluded_updates": sum(r.get("excluded", 0) for r in rows),
         "seconds": {k.removeprefix("sec_"): sum(r.get(k, 0.0) or 0.0 for r in rows) for k in phase_keys},
     }
