@@ -44,8 +44,9 @@ def test_every_method_runs_and_stays_finite(tiny_cfg_dict, digits_data, method, 
     assert (records[0].lam is not None) == (method == "fedbrb")
 
 
-def test_same_config_and_seed_give_identical_results(tiny_cfg_dict):
-    cfg = make_cfg(tiny_cfg_dict, method={"name": "fd"}, rounds=3)
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_same_config_and_seed_give_identical_results(tiny_cfg_dict, engine):
+    cfg = make_cfg(tiny_cfg_dict, method={"name": "fd"}, rounds=3, train={"engine": engine})
     runs = []
     for _ in range(2):
         sim = Simulation(cfg)
@@ -54,7 +55,7 @@ def test_same_config_and_seed_give_identical_results(tiny_cfg_dict):
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("sec_")} for r in rows]  # noqa: E731
     assert strip(rows_a) == strip(rows_b)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    other = Simulation(make_cfg(tiny_cfg_dict, method={"name": "fd"}, seed=4))
+    other = Simulation(make_cfg(tiny_cfg_dict, method={"name": "fd"}, seed=4, train={"engine": engine}))
     other.run_round()
     assert not torch.equal(other.params["hidden0.weight"], pa["hidden0.weight"])
 
