@@ -90,6 +90,9 @@ class MethodConfig(_Section):
 class TrainConfig(_Section):
     engine: Literal["reference", "batched"] = "batched"
     max_clients_per_step: int = Field(256, ge=1, description="batched engine: clients trained at once (memory bound)")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="batched engine: where clients train")
+    linear_backend: Literal["torch", "triton"] = Field("torch", description="batched engine: linear layers via torch "
+                                                       "(fused/implicit updates) or the Triton grouped GEMM (CUDA)")
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.05, gt=0)

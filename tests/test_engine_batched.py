@@ -200,3 +200,34 @@ def test_implicit_path_matches_reference_end_to_end():
         ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
         bat = BatchedEngine().train_round(ctx, plans, params, PhaseTimer())
         assert_same_clients(ref, bat)
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_triton_linear_backend_matches_torch_path(norm):
+    """The grouped GEMM kernels (interpreted on CPU) behind the batched engine's linear layers."""
+    model = MLP(12, [8, 16], 5, norm=norm)
+    data = make_data((12,), sizes=[6, 3, 5, 6])
+    params = model.init(torch.Generator().manual_seed(3))
+    plans = make_round_plans("fedbrb", 0, [0, 1, 2, 3], [0.5, 0.5, 1.0, 0.5], group_sizes=model.layout.group_sizes,
+                             num_blocks=2, seed=0)
+    ctx = RoundContext(round_idx=0, seed=1, model=model, data=data, local=LocalTraining(1, 4, 0.05, 0.9, 5e-4, 0.5),
+                       weighting="samples", label_masking=False)
+    engine = BatchedEngine(linear_backend="triton")
+    assert engine.linear_backend == "triton"  # TRITON_INTERPRET=1 in conftest
+    tri = engine.train_round(ctx, plans, params, PhaseTimer())
+    ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
+    assert_same_clients(ref, tri)
+
+
+def test_triton_backend_and_cuda_fall_back_with_a_message(monkeypatch):
+    import fedbrb_fast.kernels.grouped_gemm_kernels as kernels
+    from fedbrb_fast.engines.batched import resolve_device, resolve_linear_backend
+
+    monkeypatch.setattr(kernels, "INTERPRETED", False)
+    with pytest.warns(RuntimeWarning, match="needs a CUDA device"):
+        assert resolve_linear_backend("triton", torch.device("cpu")) == "torch"
+    assert resolve_linear_backend("triton", torch.device("cuda")) == "triton"
+    assert resolve_linear_backend("torch", torch.device("cpu")) == "torch"
+    if not torch.cuda.is_available():
+        with pytest.warns(RuntimeWarning, match="no CUDA device"):
+            assert resolve_device("cuda") == torch.device("cpu")

@@ -7,6 +7,7 @@ Same inputs and randomness as the reference engine; memory is bounded by trainin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -29,13 +30,45 @@ def width_chunks(plans: Sequence[ClientPlan], max_clients: int, steps: Mapping[i
     return [group[i:i + max_clients] for group in by_width.values() for i in range(0, len(group), max_clients)]
 
 
+def resolve_device(requested: str) -> torch.device:
+    """The requested device, or the CPU with a warning when CUDA is not available."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        warnings.warn("train.device = 'cuda' but no CUDA device is available; training on the CPU",
+                      RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def resolve_linear_backend(requested: str, device: torch.device) -> str:
+    """'triton' where the kernels can run (CUDA, or the interpreter under TRITON_INTERPRET=1),
+    else 'torch' with a warning that says so."""
+    if requested != "triton":
+        return "torch"
+    from ..kernels.grouped_gemm_kernels import INTERPRETED
+
+    if device.type == "cuda" or INTERPRETED:
+        return "triton"
+    warnings.warn("train.linear_backend = 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to interpret the "
+                  "kernels on the CPU); the batched engine uses its torch path", RuntimeWarning, stacklevel=2)
+    return "torch"
+
+
 class BatchedEngine:
     name = "batched"
 
-    def __init__(self, max_clients_per_step: int = 256) -> None:
+    def __init__(self, max_clients_per_step: int = 256, *, linear_backend: str = "torch", device: str = "cpu") -> None:
         if max_clients_per_step < 1:
             raise ValueError(f"max_clients_per_step must be >= 1, got {max_clients_per_step}")
         self.max_clients_per_step = max_clients_per_step
+        self.device = resolve_device(device)
+        self.linear_backend = resolve_linear_backend(linear_backend, self.device)
+        self._data_on_device: tuple[int, Tensor, Tensor] | None = None
+
+    def _device_data(self, ctx: RoundContext) -> tuple[Tensor, Tensor]:
+        """The training tensors on the engine's device, copied once per dataset."""
+        if self._data_on_device is None or self._data_on_device[0] != id(ctx.data):
+            self._data_on_device = (id(ctx.data), ctx.data.x_train.to(self.device), ctx.data.y_train.to(self.device))
+        return self._data_on_device[1], self._data_on_device[2]
 
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
                     timer: PhaseTimer) -> TrainedRound:
@@ -49,10 +82,15 @@ class BatchedEngine:
                 stacked = {s.name: gather_stacked(global_params[s.name], s, indices) for s in ctx.model.layout.params}
                 schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
                                           ctx.local.epochs, ctx.seed, ctx.round_idx, clients)
-                label_mask = (torch.stack([ctx.label_mask(c) for c in clients]) if ctx.label_masking else None)
+                label_mask = (torch.stack([ctx.label_mask(c) for c in clients]).to(self.device)
+                              if ctx.label_masking else None)
+                stacked = {k: v.to(self.device) for k, v in stacked.items()}
+                x_all, y_all = self._device_data(ctx)
             with timer.phase("train"):
-                trained, mean_loss = train_stacked(ctx.model, stacked, ctx.data.x_train, ctx.data.y_train, schedule,
-                                                   beta=chunk[0].width, hp=ctx.local, label_mask=label_mask)
+                trained, mean_loss = train_stacked(ctx.model, stacked, x_all, y_all, schedule, beta=chunk[0].width,
+                                                   hp=ctx.local, label_mask=label_mask,
+                                                   linear_backend=self.linear_backend)
+                trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
             losses.update(zip(clients, mean_loss.tolist()))
             batches.append(ClientBatch(
                 clients=clients,

@@ -25,7 +25,8 @@ from .reference import ReferenceEngine
 
 def make_engine(cfg: ExperimentConfig) -> ReferenceEngine | BatchedEngine:
     if cfg.train.engine == "batched":
-        return BatchedEngine(cfg.train.max_clients_per_step)
+        return BatchedEngine(cfg.train.max_clients_per_step, linear_backend=cfg.train.linear_backend,
+                             device=cfg.train.device)
     return ReferenceEngine()
 
 

@@ -76,13 +76,21 @@ def fused_linear_layers(model: Model) -> list[str]:
 
 
 def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_all: Tensor, schedule: StepSchedule,
-                  *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+                  *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
+                  linear_backend: str = "torch") -> tuple[dict[str, Tensor], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
-    returns (params, mean loss per client).
+    returns (params, mean loss per client). Everything runs on the device of `params` and
+    `x_all`; the schedule is moved there.
 
-    `label_mask` [n, classes] bool removes absent classes from each client's softmax."""
+    `label_mask` [n, classes] bool removes absent classes from each client's softmax.
+    `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
+    (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
+    autograd leaves) instead of the fused / implicit torch path."""
     theta = {k: v.detach() for k, v in params.items()}
-    layers = fused_linear_layers(model)
+    device = next(iter(theta.values())).device
+    rows_all, mask_all = schedule.rows.to(device), schedule.mask.to(device)
+    layers = fused_linear_layers(model) if linear_backend == "torch" else []
+    grouped = _GroupedLinear() if linear_backend == "triton" else None
     fused = {f"{layer}.weight" for layer in layers} | {f"{layer}.bias" for layer in layers}
     n = next(iter(theta.values())).shape[0]
     steps, batch = len(schedule.active), schedule.rows.shape[2]
@@ -90,9 +98,9 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
                 if use_implicit(*theta[f"{layer}.weight"].shape[1:], steps, batch)}
     momentum = ({k: torch.zeros_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
                 if hp.momentum else {})
-    loss_sum = torch.zeros(n, dtype=torch.float64)
+    loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
     for s, k in enumerate(schedule.active):
-        mask, rows = schedule.mask[s, :k], schedule.rows[s, :k]
+        mask, rows = mask_all[s, :k], rows_all[s, :k]
         # Views of the active prefix; updated in place, so theta itself trains.
         leaves = {name: t[:k].detach() for name, t in theta.items()}
         others = [name for name in leaves if name not in fused]
@@ -103,6 +111,8 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
         def linear(h: Tensor, layer: str) -> Tensor:
             if layer in implicit:
                 y = implicit[layer].forward(h, leaves[f"{layer}.bias"])
+            elif grouped is not None:
+                return grouped(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
             else:
                 y = stacked_linear(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
             if not y.requires_grad:
@@ -137,7 +147,8 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
         loss_sum[:k] += per_client.detach().to(torch.float64)
     for layer, weight in implicit.items():
         theta[f"{layer}.weight"] = weight.materialize()
-    return theta, (loss_sum / _steps_per_client(schedule.active, n).clamp_min(1)).to(torch.float32)
+    steps_done = _steps_per_client(schedule.active, n).to(device)
+    return theta, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
 
 
 def _steps_per_client(active: list[int], n: int) -> Tensor:
@@ -147,16 +158,39 @@ def _steps_per_client(active: list[int], n: int) -> Tensor:
     return counts
 
 
+class _GroupedLinear:
+    """Stacked linear layers through the Triton grouped GEMM: client i's rows [i*b, (i+1)*b) of
+    the packed activations use its own weight matrix (source i, window at 0)."""
+
+    def __init__(self) -> None:
+        from ..kernels.grouped_gemm import GroupedProblems, grouped_linear_triton
+
+        self._build, self._run = GroupedProblems.build, grouped_linear_triton
+        self._problems: dict[tuple[int, ...], object] = {}  # built once per shape, reused every step
+
+    def __call__(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        k, b, in_f = h.shape
+        out_f = weight.shape[1]
+        key = (k, b, out_f, in_f)
+        if key not in self._problems:
+            self._problems[key] = self._build([b] * k, out_f, in_f)
+        return self._run(h.reshape(k * b, in_f), weight, bias, self._problems[key]).view(k, b, out_f)
+
+
 def _clip_coefficients(d_out: dict[str, Tensor], records: dict[str, tuple[Tensor, Tensor]],
                        g_other: dict[str, Tensor], max_norm: float) -> Tensor:
     """Per client min(1, max_norm / (||grad|| + eps)) as clip_grad_norm_, with the linear weights'
     ||dY^T h||_F^2 = sum((dY dY^T) * (h h^T)) from b x b Gram matrices (no weight-sized tensor)."""
-    sq = sum((g.flatten(1).square().sum(dim=1) for g in g_other.values()), torch.zeros(()))
+    sq = sum((g.flatten(1).square().sum(dim=1) for g in g_other.values()), torch.zeros((), device=_device(records, g_other)))
     for layer, dy in d_out.items():
         h = records[layer][0]
         sq = sq + (torch.bmm(dy, dy.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum(dim=(1, 2))
         sq = sq + dy.sum(dim=1).square().sum(dim=1)
     return (max_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
+
+
+def _device(records: dict, g_other: dict) -> torch.device:
+    return next(iter(g_other.values())).device if g_other else next(iter(records.values()))[0].device
 
 
 def _sgd(p: Tensor, grad: Tensor, buf: Tensor, hp: LocalTraining) -> None:

@@ -30,12 +30,13 @@ class ImplicitLinearWeight:
     def __init__(self, w0: Tensor, steps: int, batch_size: int) -> None:
         n, out_f, in_f = w0.shape
         self.w0, self.b = w0, batch_size
-        self.a = torch.ones(n, dtype=torch.float64)
-        self.c = torch.zeros(n, dtype=torch.float64)
-        self.gamma = torch.zeros(n, steps, dtype=torch.float64)
-        self.delta = torch.zeros(n, steps, dtype=torch.float64)
-        self.dys = torch.zeros(n, steps * batch_size, out_f, dtype=w0.dtype)
-        self.hs = torch.zeros(n, steps * batch_size, in_f, dtype=w0.dtype)
+        dev = w0.device
+        self.a = torch.ones(n, dtype=torch.float64, device=dev)
+        self.c = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.gamma = torch.zeros(n, steps, dtype=torch.float64, device=dev)
+        self.delta = torch.zeros(n, steps, dtype=torch.float64, device=dev)
+        self.dys = torch.zeros(n, steps * batch_size, out_f, dtype=w0.dtype, device=dev)
+        self.hs = torch.zeros(n, steps * batch_size, in_f, dtype=w0.dtype, device=dev)
         self.steps = 0
 
     def forward(self, h: Tensor, bias: Tensor) -> Tensor:
