@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .functional import normalize, scale_activation
 from .init import init_params
-from .layout import ModelLayout, ParamSpec
+from .layout import chain_layout
 from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
@@ -20,18 +20,7 @@ class CNN:
                  norm_groups: int = 4, scaler: bool = True) -> None:
         self.in_channels, self.hidden, self.num_classes = in_channels, list(hidden), num_classes
         self.norm, self.norm_groups, self.scaler = norm, norm_groups, scaler
-        specs: list[ParamSpec] = []
-        fan_in, prev_group = in_channels, None
-        for g, n in enumerate(hidden):
-            specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in, 3, 3), (g, prev_group, None, None)))
-            specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,)))
-            if norm != "none":
-                specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,)))
-                specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,)))
-            fan_in, prev_group = n, g
-        specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev_group)))
-        specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
-        self.layout = ModelLayout(tuple(hidden), tuple(specs))
+        self.layout = chain_layout(in_channels, hidden, num_classes, norm, kernel=(3, 3))
 
     def init(self, generator: torch.Generator) -> dict[str, Tensor]:
         return init_params(self.layout, generator)

@@ -66,6 +66,25 @@ class ModelLayout:
         return tuple(len(indices[g]) if g is not None else n for n, g in zip(spec.shape, spec.axis_groups))
 
 
+def chain_layout(in_width: int, hidden: Sequence[int], num_classes: int, norm: str,
+                 kernel: tuple[int, ...] = ()) -> ModelLayout:
+    """The layout of a chain of hidden layers (weights [N_g, N_{g-1}, *kernel], biases, optional
+    norm affine parameters), each tied to its channel group, then an unsliced-output classifier."""
+    specs: list[ParamSpec] = []
+    fan_in, prev = in_width, None
+    whole = (None,) * len(kernel)
+    for g, n in enumerate(hidden):
+        specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in, *kernel), (g, prev, *whole)))
+        specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,)))
+        if norm != "none":
+            specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,)))
+            specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,)))
+        fan_in, prev = n, g
+    specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev)))
+    specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
+    return ModelLayout(tuple(hidden), tuple(specs))
+
+
 def gather_tensor(tensor: Tensor, spec: ParamSpec, indices: Sequence[Tensor]) -> Tensor:
     """The sub-tensor on `indices` (one int64 index tensor per group) along the sliced axes."""
     out = tensor

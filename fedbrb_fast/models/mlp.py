@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .functional import normalize, scale_activation
 from .stacked import StackedLinear, plain_linear, stacked_normalize
-from .layout import ModelLayout, ParamSpec
+from .layout import chain_layout
 from .init import init_params
 
 
@@ -19,18 +19,7 @@ class MLP:
                  norm_groups: int = 4, scaler: bool = True) -> None:
         self.in_features, self.hidden, self.num_classes = in_features, list(hidden), num_classes
         self.norm, self.norm_groups, self.scaler = norm, norm_groups, scaler
-        specs: list[ParamSpec] = []
-        fan_in, prev_group = in_features, None
-        for g, n in enumerate(hidden):
-            specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in), (g, prev_group)))
-            specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,)))
-            if norm != "none":
-                specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,)))
-                specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,)))
-            fan_in, prev_group = n, g
-        specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev_group)))
-        specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
-        self.layout = ModelLayout(tuple(hidden), tuple(specs))
+        self.layout = chain_layout(in_features, hidden, num_classes, norm)
 
     def init(self, generator: torch.Generator) -> dict[str, Tensor]:
         return init_params(self.layout, generator)
