@@ -116,6 +116,11 @@ class FaultsConfig(_Section):
     max_update_norm: float | None = Field(None, gt=0, description="exclude updates whose norm exceeds this")
 
 
+class AggregationConfig(_Section):
+    backend: Literal["auto", "reference", "torch", "numba", "triton", "cuda"] = Field(
+        "auto", description="aggregation backend; auto = the fastest available on the device")
+
+
 class CheckpointConfig(_Section):
     every: int = Field(10, ge=0, description="rounds between checkpoints (0: only on a signal and at the end)")
 
@@ -132,6 +137,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @property

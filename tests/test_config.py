@@ -68,6 +68,7 @@ def error_of(raw=None, overrides=()):
     (["data.partition=natural"], "data.partition", "natural"),
     (["train.lr_milestones=[10, 5]"], "train.lr_milestones", "strictly increasing"),
     (["train.engine=fast"], "train.engine", "reference"),
+    (["aggregation.backend=gpu"], "aggregation.backend", "numba"),
     (["train.max_clients_per_step=0"], "train.max_clients_per_step", "greater than or equal to 1"),
     (["clients.per_round=2.5"], "clients.per_round", "integer"),
 ])

@@ -64,7 +64,7 @@ def test_same_config_and_seed_give_identical_results(tiny_cfg_dict, engine):
 def test_round_equals_the_spec_written_out(tiny_cfg_dict, digits_data, method):
     """plan -> extract -> train each client with its own generator -> aggregate, by hand."""
     cfg = make_cfg(tiny_cfg_dict, method={"name": method, "lam": 0.3}, clients={"label_mask": True},
-                   train={"engine": "reference"})
+                   train={"engine": "reference"}, aggregation={"backend": "reference"})
     sim = Simulation(cfg, digits_data)
     start = sim.state_dict()
     sim.run_round()
@@ -109,3 +109,16 @@ def test_lam_schedule_reaches_the_round(tiny_cfg_dict, digits_data):
     cfg = make_cfg(tiny_cfg_dict, rounds=3, method={"lam": 0.8, "lam_schedule": "linear", "lam_end": 0.2})
     sim = Simulation(cfg, digits_data)
     assert [sim.run_round().lam for _ in range(3)] == pytest.approx([0.8, 0.5, 0.2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "auto"])
+def test_fast_aggregation_backends_in_the_simulation_match_the_reference(tiny_cfg_dict, digits_data, backend):
+    params = {}
+    for b in ("reference", backend):
+        sim = Simulation(make_cfg(tiny_cfg_dict, rounds=2, clients={"label_mask": True}, aggregation={"backend": b}),
+                         digits_data)
+        sim.run_round()
+        sim.run_round()
+        params[b] = sim.params
+    for k in params["reference"]:
+        assert torch.allclose(params["reference"][k], params[backend][k], atol=1e-5, rtol=1e-4), k

@@ -101,7 +101,7 @@ class Simulation:
         with self.timer.phase("aggregate"):
             updates, too_large = self._screen(trained.updates)
             result = aggregate(self.params, self.model.layout, updates,
-                               rule_for_method(cfg.method.name, lam, cfg.num_blocks))
+                               rule_for_method(cfg.method.name, lam, cfg.num_blocks), backend=cfg.aggregation.backend)
             self.params = result.params
         self.round_idx += 1
         excluded = {**too_large, **result.excluded}
