@@ -73,5 +73,55 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     typer.echo(config_to_toml(_load(config, set_)))
 
 
+# --- experiment suites (fedbrb_fast.experiments) -------------------------------------------------
+
+SUITE_RUNS, QUICK_SUITE_RUNS = Path("runs/suites"), Path("runs/suites-quick")
+
+
+@app.command()
+def suite(suite_file: Annotated[Path, typer.Argument(help="suite TOML, e.g. examples/suites/mnist1d_mlp.toml")],
+          quick: Annotated[bool, typer.Option(help="smoke test: the suite's [quick] seeds and overrides")] = False,
+          out: Annotated[Optional[Path], typer.Option(help=f"runs folder (default {SUITE_RUNS}; {QUICK_SUITE_RUNS} "
+                                                           "with --quick)")] = None) -> None:
+    """Run every scenario x method/variant x seed of a suite on shared data; writes the run folders,
+    <out>/<suite>/summary.json (mean ± std over seeds) and plots. Finished runs are reused, so the
+    same command resumes an interrupted suite."""
+    import shlex
+
+    from .experiments import load_suite, run_suite
+    from .experiments.report import results_table
+
+    command = shlex.join(["fedbrb-fast", "suite", str(suite_file), *(["--quick"] if quick else []),
+                          *(["--out", str(out)] if out is not None else [])])
+    root = out if out is not None else (QUICK_SUITE_RUNS if quick else SUITE_RUNS)
+    try:
+        summary = run_suite(load_suite(suite_file), root, quick=quick, command=command)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except RunInterrupted as exc:
+        typer.secho(f"{exc}\nrun the same command again to continue the suite", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"\n{summary['suite']}: final test accuracy (%), mean ± std over seeds {summary['seeds']}\n")
+    typer.echo(results_table(summary))
+    typer.echo(f"\nsummary: {root / summary['suite'] / 'summary.json'}  ({summary['wall_seconds']:.0f} s)")
+
+
+@app.command()
+def report(runs: Annotated[Path, typer.Argument(help="folder holding <suite>/summary.json")] = SUITE_RUNS,
+           out: Annotated[Path, typer.Option(help="the report; figures go to results/ beside it")] = Path(
+               "docs/results.md")) -> None:
+    """Assemble the results report (tables, commands, machine, plots, claims, reading) from suite summaries."""
+    import shlex
+
+    from .experiments import ReportError, load_summaries, write_report
+
+    command = shlex.join(["fedbrb-fast", "report", str(runs), "--out", str(out)])
+    try:
+        path = write_report(load_summaries(runs), out, command=command)
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"report: {path}")
+
+
 if __name__ == "__main__":
     app()
