@@ -18,22 +18,35 @@ from ..models.layout import ParamSpec
 
 @dataclass(frozen=True)
 class TensorGeometry:
+    """`row_group` / `col_group`: the channel group slicing the rows / columns, or None. A 1-d
+    tensor is one row of `cols` elements, so its sliced channels are contiguous in a row too."""
+
     shape: tuple[int, ...]
-    sliced_rows: bool  # axis 0 is tied to a channel group
-    sliced_cols: bool  # axis 1 is tied to a channel group
+    row_group: int | None
+    col_group: int | None
 
     @classmethod
     def of(cls, spec: ParamSpec) -> TensorGeometry:
         groups = spec.axis_groups
-        return cls(spec.shape, bool(groups) and groups[0] is not None, len(groups) > 1 and groups[1] is not None)
+        if len(spec.shape) >= 2:
+            return cls(spec.shape, groups[0], groups[1])
+        return cls(spec.shape, None, groups[0] if groups else None)
+
+    @property
+    def sliced_rows(self) -> bool:
+        return self.row_group is not None
+
+    @property
+    def sliced_cols(self) -> bool:
+        return self.col_group is not None
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+        return self.shape[0] if len(self.shape) >= 2 else 1
 
     @property
     def cols(self) -> int:
-        return self.shape[1] if len(self.shape) > 1 else 1
+        return self.shape[1] if len(self.shape) >= 2 else math.prod(self.shape)
 
     @property
     def inner(self) -> int:
@@ -50,10 +63,11 @@ class TensorGeometry:
     def tile_shape(self, num_blocks: int) -> tuple[int, ...]:
         k_rows, k_cols = self.tiles(num_blocks)
         out = list(self.shape)
-        if out:
+        if len(out) >= 2:
             out[0] //= k_rows
-        if len(out) > 1:
             out[1] //= k_cols
+        elif out:
+            out[0] //= k_cols
         return tuple(out)
 
     def flat(self, tensor: Tensor) -> Tensor:
@@ -63,4 +77,5 @@ class TensorGeometry:
     def flat_stack(self, stacked: Tensor) -> Tensor:
         """Stacked client tensors [n, *sub_shape] as [n, k_rows, k_cols * inner]."""
         n, sub = stacked.shape[0], stacked.shape[1:]
-        return stacked.reshape(n, sub[0] if sub else 1, math.prod(sub[1:]))
+        k_rows = sub[0] if len(sub) >= 2 else 1
+        return stacked.reshape(n, k_rows, math.prod(sub) // k_rows)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 
@@ -45,16 +47,7 @@ class AxisIndex:
         if self.whole:
             zeros = torch.zeros(n, dtype=torch.int64)
             return Runs(torch.arange(n + 1), zeros, zeros, torch.full((n,), k, dtype=torch.int64))
-        index = self.index.cpu()
-        starts = torch.ones(n, k, dtype=torch.bool)
-        starts[:, 1:] = index[:, 1:] != index[:, :-1] + 1
-        client, local = starts.nonzero(as_tuple=True)
-        ptr = torch.zeros(n + 1, dtype=torch.int64)
-        ptr[1:] = starts.sum(1).cumsum(0)
-        ends = torch.empty_like(local)
-        ends[:-1] = local[1:]
-        ends[ptr[1:] - 1] = k  # a client's last run ends at its last position
-        return Runs(ptr, index[client, local], local, ends - local)
+        return Runs(*map(torch.from_numpy, _runs_of(self.index.cpu().contiguous().numpy())))
 
 
 def sliced_axis(index: Tensor) -> AxisIndex:
@@ -63,3 +56,26 @@ def sliced_axis(index: Tensor) -> AxisIndex:
 
 def whole_axis(n: int, size: int, device: torch.device | str = "cpu") -> AxisIndex:
     return AxisIndex(torch.arange(size, device=device).expand(n, size), whole=True)
+
+
+@njit(cache=True)
+def _runs_of(index):
+    """(ptr, start, local, length) of the runs of consecutive values in each row of index [n, k]."""
+    n, k = index.shape
+    ptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        breaks = 0
+        for pos in range(1, k):
+            breaks += index[i, pos] != index[i, pos - 1] + 1
+        ptr[i + 1] = ptr[i] + 1 + breaks
+    start, local, length = np.empty(ptr[n], np.int64), np.empty(ptr[n], np.int64), np.empty(ptr[n], np.int64)
+    for i in range(n):
+        run = ptr[i]
+        start[run], local[run] = index[i, 0], 0
+        for pos in range(1, k):
+            if index[i, pos] != index[i, pos - 1] + 1:
+                length[run] = pos - local[run]
+                run += 1
+                start[run], local[run] = index[i, pos], pos
+        length[run] = k - local[run]
+    return ptr, start, local, length

@@ -35,14 +35,23 @@ class AggregationRule:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    params: dict[str, Tensor]  # the new global model (fresh tensors; the input is untouched)
+    params: dict[str, Tensor]  # the new global model (fresh tensors, or numpy arrays for numpy inputs)
     included: list[int]
     excluded: dict[int, str] = field(default_factory=dict)  # client -> why it was left out
+    backend: str = "reference"  # which backend computed it (what "auto" picked)
 
 
-def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout,
-              updates: Sequence[ClientUpdate | ClientBatch], rule: AggregationRule) -> AggregationResult:
-    """Validate everything first, drop non-finite updates, then apply the rule."""
+def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates: Sequence[ClientUpdate | ClientBatch],
+              rule: AggregationRule, *, backend: str = "reference") -> AggregationResult:
+    """Validate everything first, drop non-finite updates, then apply the rule.
+
+    `backend="reference"` runs the plain-torch code below; "torch", "numba", "triton", "cuda" or
+    "auto" (the fastest available on the parameters' device) run the fused backends, which give
+    the same result within float tolerance (`AggregationResult.backend` names the one used)."""
+    if backend != "reference":
+        from .api import aggregate_with_backend  # imported here: the backends build on this module
+
+        return aggregate_with_backend(global_params, layout, updates, rule, backend)
     updates = as_updates(updates)
     validate_updates(global_params, layout, updates)
     if rule.kind == "broadcast":

@@ -1,0 +1,44 @@
+"""Backend `cuda`: the CUDA C++ kernels of csrc/ (shipped as fedbrb_fast.csrc), compiled on first
+use with torch.utils.cpp_extension.load; needs a GPU, nvcc and a host compiler."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ..rules import AggregationRule
+from ..stacks import SliceStack
+from ..sums import TensorSums
+from .base import finalize_stepwise
+
+SOURCES = ("aggregation_binding.cpp", "aggregation_kernels.cu")
+
+
+@cache
+def extension() -> ModuleType:
+    from torch.utils.cpp_extension import load  # imported here: it is slow and only GPU machines need it
+
+    csrc = files("fedbrb_fast.csrc")
+    return load(name="fedbrb_aggregation_cuda", sources=[str(csrc / s) for s in SOURCES],
+                extra_include_paths=[str(csrc)], extra_cuda_cflags=["-O3"])
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def __init__(self) -> None:
+        self._ext = extension()
+
+    def scatter_add(self, sums: TensorSums, stack: SliceStack, weights: Tensor) -> None:
+        self._ext.scatter_add(sums.a, sums.c, stack.data, weights, stack.rows.index, stack.cols.index,
+                              sums.geometry.inner, stack.mask)
+
+    def all_finite(self, a: Tensor) -> bool:
+        return bool(torch.isfinite(a).all())
+
+    def finalize(self, p: Tensor, sums: TensorSums, rule: AggregationRule) -> Tensor:
+        return finalize_stepwise(p, sums, rule, self._ext.apply_overlap, self._ext.apply_broadcast)
