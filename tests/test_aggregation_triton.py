@@ -1,13 +1,10 @@
 """The Triton aggregation kernels against their plain-torch references under TRITON_INTERPRET=1 (set
 in conftest), and compiled for an sm_90 target: the interpreter accepts what the compiler may not."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from aggregation_rounds import NUM_BLOCKS, make_round
+from sm90_compile import compile_for_sm90
 
 from fedbrb_fast.aggregation import AggregationRule, aggregate
 from fedbrb_fast.kernels import aggregation as ref
@@ -90,21 +87,8 @@ def test_triton_backend_end_to_end():
         assert torch.allclose(got.params[name], expected.params[name], atol=1e-5), name
 
 
-SHARDS = 2
-
-
 def test_every_variant_compiles_for_sm90(tmp_path):
-    """Subprocesses without TRITON_INTERPRET (the kernels here were decorated for the interpreter),
-    with a fresh Triton cache so nothing is skipped."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    runs = [subprocess.Popen([sys.executable, "-m", "fedbrb_fast.kernels.aggregation_compile", "--arch", "90",
-                              "--shard", f"{i}/{SHARDS}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for i in range(SHARDS)]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs):
-        assert run.returncode == 0, output[-4000:]
-    compiled = [line for output in outputs for line in output.splitlines() if line.startswith("compiled ")]
+    compiled = compile_for_sm90("fedbrb_fast.kernels.aggregation_compile", tmp_path / "triton-cache")
     assert sorted(line.split()[1] for line in compiled) == sorted(name for name, _, _ in variants())
     adds = {line.split()[1]: int(line.split("atomic_adds=")[1]) for line in compiled}
     assert all(n > 0 for name, n in adds.items() if name.startswith("scatter_add"))  # relaxed atomics into A, C

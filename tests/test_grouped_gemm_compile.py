@@ -7,25 +7,13 @@ nothing is skipped."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from sm90_compile import compile_for_sm90
 
 from fedbrb_fast.kernels.grouped_gemm_compile import variant_launches
 
-SHARDS = 2
-
 
 def test_every_variant_compiles_for_sm90(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    runs = [subprocess.Popen([sys.executable, "-m", "fedbrb_fast.kernels.grouped_gemm_compile", "--arch", "90",
-                              "--shard", f"{i}/{SHARDS}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for i in range(SHARDS)]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs):
-        assert run.returncode == 0, output[-4000:]
-    compiled = [line for output in outputs for line in output.splitlines() if line.startswith("compiled ")]
+    compiled = compile_for_sm90("fedbrb_fast.kernels.grouped_gemm_compile", tmp_path / "triton-cache")
     assert len(compiled) == len(variant_launches())
     for kernel in ("forward", "grad_input", "grad_weight"):
         for dtype in ("fp32", "fp16", "bf16"):
