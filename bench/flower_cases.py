@@ -1,0 +1,83 @@
+"""Shared cases for the Flower benchmarks: one round's replies (trained width-1/8 sub-models as
+Flower Messages) aggregated by the FedBRB strategy and, over the same replies and bytes, by
+Flower's own FedAvg."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbrb_fast.integrations.flower import FedBRB
+from fedbrb_fast.models import MLP
+
+CASES = {"mlp256": [256, 256], "mlp1024": [1024, 1024]}
+
+logging.getLogger("flwr").setLevel(logging.WARNING)  # per-round INFO lines would be timed too
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # as inside a ServerApp
+
+
+class Nodes:
+    def __init__(self, count: int) -> None:
+        self.ids = list(range(1, count + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+@dataclass
+class FlowerCase:
+    name: str
+    nodes: Nodes
+    strategy: FedBRB
+    global_arrays: ArrayRecord
+    replies: list[Message]
+    reply_bytes: int
+    global_bytes: int
+
+
+def make_case(name: str, nodes: int, backend: str = "auto", width: float = 0.125) -> FlowerCase:
+    model = MLP(784, CASES[name], 10, norm="bn")
+    params = model.init(torch.Generator().manual_seed(0))
+    strategy = FedBRB(model.layout, width=width, fraction_train=1.0, aggregation_backend=backend)
+    grid = Nodes(nodes)
+    arrays = ArrayRecord(params)
+    gen = torch.Generator().manual_seed(1)
+    replies = []
+    for msg in strategy.configure_train(1, arrays, ConfigRecord(), grid):
+        sub = msg.content["arrays"].to_torch_state_dict()
+        trained = {k: Array(np.asarray(v + 0.01 * torch.randn(v.shape, generator=gen))) for k, v in sub.items()}
+        metrics = MetricRecord({"num-examples": 50, "train-loss": 1.0})
+        replies.append(Message(RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics}), reply_to=msg))
+    reply_bytes = sum(len(a.data) for r in replies for a in r.content["arrays"].values())
+    return FlowerCase(f"{name}-{nodes}", grid, strategy, arrays, replies, reply_bytes,
+                      sum(v.numel() * v.element_size() for v in params.values()))
+
+
+def prepare_round(case: FlowerCase) -> None:
+    """configure_train (untimed): the strategy then expects this round's replies."""
+    list(case.strategy.configure_train(1, case.global_arrays, ConfigRecord(), case.nodes))
+
+
+def fedbrb_aggregate(case: FlowerCase) -> ArrayRecord:
+    arrays, _ = case.strategy.aggregate_train(1, case.replies)
+    assert arrays is not None
+    return arrays
+
+
+def flower_fedavg_aggregate(case: FlowerCase) -> ArrayRecord:
+    arrays, _ = FedAvg().aggregate_train(1, case.replies)
+    assert arrays is not None
+    return arrays
+
+
+def decode_only(case: FlowerCase) -> None:
+    """The floor both share: deserializing every reply's arrays."""
+    for reply in case.replies:
+        for array in reply.content["arrays"].values():
+            array.numpy()

@@ -1,0 +1,1 @@
+"""Adapters that plug fedbrb_fast's plans, local training and fast aggregation into FL frameworks."""

@@ -1,0 +1,65 @@
+"""A Flower ClientApp that trains (or evaluates) the sub-model it receives with the project's
+reference local training, so a Flower node computes exactly what a simulated client computes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import Tensor
+
+from ...models import Model
+from ...seeding import STREAM_TRAIN, torch_generator
+from ...training import LocalTraining, evaluate, train_client
+from .records import PlanRecord, array_record, decode_arrays, single_record
+
+DataFn = Callable[[Context], tuple[Tensor, Tensor]]
+
+
+def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, load_eval_data: DataFn | None = None,
+                    seed: int = 0, eval_batch_size: int = 1000, arrayrecord_key: str = "arrays",
+                    configrecord_key: str = "config") -> ClientApp:
+    """`model`: the global architecture (the same one the strategy's layout comes from).
+    `load_data(context) -> (x, y)`: the node's training data. `local`: default hyper-parameters;
+    the round's ConfigRecord may override them with "lr", "local-epochs", "batch-size",
+    "momentum", "weight-decay". The data order is seeded by (seed, round, partition-id)."""
+    app = ClientApp()
+
+    def received(msg: Message) -> tuple[ConfigRecord, PlanRecord, dict[str, Tensor]]:
+        config = single_record(msg.content.config_records, configrecord_key, "ConfigRecord")
+        assert isinstance(config, ConfigRecord)
+        plan = PlanRecord.from_config(config)
+        if plan.group_sizes != tuple(model.layout.group_sizes):
+            raise ValueError(f"plan for channel groups {plan.group_sizes}, this model has {model.layout.group_sizes}")
+        record = single_record(msg.content.array_records, arrayrecord_key, "ArrayRecord")
+        assert isinstance(record, ArrayRecord)
+        indices = plan.indices()
+        params = decode_arrays(record, {s.name: model.layout.sub_shape(s, indices) for s in model.layout.params})
+        return config, plan, params
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config, plan, params = received(msg)
+        hp = LocalTraining(epochs=int(config.get("local-epochs", local.epochs)),
+                           batch_size=int(config.get("batch-size", local.batch_size)),
+                           lr=float(config.get("lr", local.lr)), momentum=float(config.get("momentum", local.momentum)),
+                           weight_decay=float(config.get("weight-decay", local.weight_decay)),
+                           clip_norm=local.clip_norm)
+        x, y = load_data(context)
+        server_round = int(config.get("server-round", 1))
+        partition = int(context.node_config.get("partition-id", 0))
+        result = train_client(model, params, x, y, beta=plan.width, hp=hp,
+                              generator=torch_generator(seed, STREAM_TRAIN, server_round - 1, partition))
+        metrics = MetricRecord({"num-examples": len(y), "train-loss": result.mean_loss})
+        return Message(RecordDict({arrayrecord_key: array_record(result.params), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_sub_model(msg: Message, context: Context) -> Message:
+        _, _, params = received(msg)
+        x, y = (load_eval_data or load_data)(context)
+        accuracy, loss = evaluate(model, params, x, y, eval_batch_size)
+        metrics = MetricRecord({"num-examples": len(y), "eval-acc": accuracy, "eval-loss": loss})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

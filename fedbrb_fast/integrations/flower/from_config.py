@@ -1,0 +1,75 @@
+"""Flower pieces from a fedbrb_fast experiment config: the same data split, model, widths and
+local training as `fedbrb-fast run`, with the nodes' `partition-id` as client id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from torch import Tensor
+
+from ...config import ExperimentConfig
+from ...data import FederatedData
+from ...models import Model
+from ...plans import assign_widths
+from ...schedules import lam_at
+from ...training import LocalTraining
+from .client import make_client_app
+from .strategy import FedBRB, FedRolex, HeteroFL, SubModelStrategy
+
+STRATEGIES: dict[str, type[SubModelStrategy]] = {"fedbrb": FedBRB, "fedrolex": FedRolex, "heterofl": HeteroFL}
+
+
+class ConfigPartitions:
+    """`load_data` for a ClientApp: the node's partition of the config's federated split, built
+    once per worker process (it is rebuilt after pickling, not shipped)."""
+
+    def __init__(self, cfg: ExperimentConfig, torch_threads: int | None = 1) -> None:
+        self.cfg, self.torch_threads = cfg, torch_threads
+        self._data: FederatedData | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "torch_threads": self.torch_threads, "_data": None}
+
+    def __call__(self, context: Context) -> tuple[Tensor, Tensor]:
+        if self._data is None:
+            from ...engines import build_federated_data
+
+            if self.torch_threads:  # simulation workers share the machine's cores
+                torch.set_num_threads(self.torch_threads)
+            self._data = build_federated_data(self.cfg)
+        partition = int(context.node_config["partition-id"])
+        if not 0 <= partition < self.cfg.clients.num_clients:
+            raise ValueError(f"partition-id {partition} outside the config's {self.cfg.clients.num_clients} clients")
+        return self._data.client_data(partition)
+
+
+def local_training(cfg: ExperimentConfig) -> LocalTraining:
+    t = cfg.train
+    return LocalTraining(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.clip_norm)
+
+
+def client_app_from_config(cfg: ExperimentConfig, model: Model) -> ClientApp:
+    return make_client_app(model, ConfigPartitions(cfg), local=local_training(cfg), seed=cfg.seed,
+                           eval_batch_size=cfg.eval.batch_size)
+
+
+def strategy_from_config(cfg: ExperimentConfig, model: Model, **kwargs: Any) -> SubModelStrategy:
+    """The config's method as a Flower strategy. Mixed widths follow `clients.widths` and
+    `proportions` as in the simulation, client k being the k-th node in sorted id order."""
+    method = cfg.method.name
+    if method not in STRATEGIES:
+        raise ValueError(f"method.name = {method!r} has no Flower strategy; choose from {sorted(STRATEGIES)}")
+    if method == "fedbrb":
+        m = cfg.method
+        lam = m.lam if m.lam_schedule == "constant" else (
+            lambda server_round: lam_at(server_round - 1, cfg.rounds, lam=m.lam, schedule=m.lam_schedule,
+                                        lam_end=m.lam_end))
+        kwargs = {"lam": lam, "schedule": m.schedule, **kwargs}
+    c = cfg.clients
+    widths = c.widths[0] if len(c.widths) == 1 else assign_widths(c.num_clients, c.widths, c.proportions, cfg.seed)
+    kwargs = {"width": widths, "num_blocks": cfg.num_blocks, "weighting": cfg.clients.weighting,
+              "aggregation_backend": cfg.aggregation.backend, "seed": cfg.seed, **kwargs}
+    return STRATEGIES[method](model.layout, **kwargs)

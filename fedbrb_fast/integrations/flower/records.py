@@ -1,0 +1,157 @@
+"""What crosses the wire: a node's plan as ConfigRecord entries, sub-models as ArrayRecords, and
+the checks that turn a reply into an update or a reason to skip it."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib import format as npy_format
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from torch import Tensor
+
+from ...plans import ClientPlan, window
+
+_FLOAT_DTYPES = {"float16", "float32", "float64"}
+
+
+class MalformedReply(ValueError):
+    """A reply that cannot become an update; the message says why."""
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """A node's plan: its width and, per channel group, the window `(start, size)` of channels
+    it holds (windows wrap around at the group size)."""
+
+    method: str
+    width: float
+    starts: tuple[int, ...]
+    sizes: tuple[int, ...]
+    group_sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, method: str, plan: ClientPlan, group_sizes: Sequence[int]) -> PlanRecord:
+        starts, sizes = [], []
+        for ix, n in zip(plan.indices, group_sizes):
+            start, size = int(ix[0]), len(ix)
+            if not torch.equal(ix, window(start, size, n)):
+                raise ValueError(f"{method}: a plan that is not a window cannot be sent as one")
+            starts.append(start)
+            sizes.append(size)
+        return cls(method, plan.width, tuple(starts), tuple(sizes), tuple(group_sizes))
+
+    def indices(self) -> tuple[Tensor, ...]:
+        return tuple(window(s, k, n) for s, k, n in zip(self.starts, self.sizes, self.group_sizes))
+
+    def to_config(self) -> dict[str, object]:
+        return {"plan-method": self.method, "plan-width": float(self.width), "plan-starts": list(self.starts),
+                "plan-sizes": list(self.sizes), "plan-group-sizes": list(self.group_sizes)}
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord | Mapping[str, object]) -> PlanRecord:
+        try:
+            method, width = str(config["plan-method"]), float(config["plan-width"])  # type: ignore[arg-type]
+            starts, sizes, groups = (tuple(int(v) for v in config[k])  # type: ignore[union-attr]
+                                     for k in ("plan-starts", "plan-sizes", "plan-group-sizes"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the message carries no valid plan (plan-* entries): {exc!r}") from None
+        if not (len(starts) == len(sizes) == len(groups)):
+            raise ValueError("plan-starts, plan-sizes and plan-group-sizes differ in length")
+        if not 0 < width <= 1 or any(not (0 <= s < n and 1 <= k <= n) for s, k, n in zip(starts, sizes, groups)):
+            raise ValueError(f"plan out of range: width {width}, windows {list(zip(starts, sizes))} of {groups}")
+        return cls(method, width, starts, sizes, groups)
+
+
+def array_record(params: Mapping[str, Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in params.items()})
+
+
+def decode_arrays(record: ArrayRecord, expected: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The record's tensors (float32), checked against the expected names and shapes."""
+    out = {name: torch.empty(shape, dtype=torch.float32) for name, shape in expected.items()}
+    decode_into(record, out)
+    return out
+
+
+def decode_into(record: ArrayRecord, slots: Mapping[str, Tensor]) -> None:
+    """Copy the record's tensors into `slots` (same names and shapes; e.g. rows of stacked
+    buffers), in one copy from the message bytes. The declared metadata is checked before any
+    byte is parsed, then the .npy header (never with pickle) against it."""
+    names = set(record.keys())
+    if names != set(slots):
+        missing, extra = sorted(set(slots) - names), sorted(names - set(slots))
+        raise MalformedReply(f"tensors differ from the plan: missing {missing}, unexpected {extra}")
+    for name, slot in slots.items():
+        arr, shape = record[name], tuple(slot.shape)
+        if tuple(arr.shape) != shape or arr.dtype not in _FLOAT_DTYPES or arr.stype != "numpy.ndarray":
+            raise MalformedReply(f"{name}: {arr.dtype}{list(arr.shape)}, "
+                                 f"expected a float tensor of shape {list(shape)}")
+        np.copyto(slot.numpy(), _npy_view(arr.data, name, shape), casting="same_kind")
+
+
+def _npy_view(data: bytes, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only view of the array in .npy bytes, after checking its header."""
+    try:
+        got_shape, fortran, dtype, offset = _npy_header(bytes(data[:_npy_header_end(data)]))
+    except (ValueError, SyntaxError, EOFError, OSError) as exc:
+        raise MalformedReply(f"{name}: unreadable array data ({exc})") from None
+    count = math.prod(got_shape)
+    if tuple(got_shape) != shape or dtype.kind != "f" or len(data) - offset != count * dtype.itemsize:
+        raise MalformedReply(f"{name}: data holds {dtype}{list(got_shape)} in {len(data) - offset} bytes, "
+                             f"not a float array of shape {list(shape)}")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _npy_header_end(data: bytes) -> int:
+    """Where the .npy header ends: magic (6 bytes), version (2), length (2 bytes in 1.0, 4 after)."""
+    if len(data) < 12 or data[:6] != b"\x93NUMPY":
+        raise ValueError("not .npy data")
+    width = 2 if data[6] == 1 else 4
+    return 8 + width + int.from_bytes(data[8:8 + width], "little")
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) by numpy's own parser (no pickle); cached, since
+    a round's replies repeat the same few headers."""
+    fp = io.BytesIO(header)
+    version = npy_format.read_magic(fp)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fp)
+    if fp.tell() != len(header):
+        raise ValueError("malformed .npy header")
+    return tuple(shape), fortran, dtype, len(header)
+
+
+def single_record(records: Mapping[str, object], key: str, kind: str) -> object:
+    """`records[key]`, or the only record of that kind when the key is not used."""
+    if key in records:
+        return records[key]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    raise MalformedReply(f"no {kind} under {key!r} (found {sorted(records)})")
+
+
+def reply_weight(reply: Message, key: str) -> float:
+    metrics = single_record(reply.content.metric_records, "metrics", "MetricRecord")
+    assert isinstance(metrics, MetricRecord)
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise MalformedReply(f"metric {key!r} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def reply_metric(reply: Message, name: str) -> float | None:
+    metrics = reply.content.metric_records
+    for record in metrics.values():
+        value = record.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None

@@ -1,0 +1,144 @@
+"""The Flower ClientApp helper, and whole Flower runs in this process (the strategy's real
+`start()` loop over an in-process Grid) against fedbrb_fast's own simulation."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbrb_fast.config import config_from_dict
+from fedbrb_fast.engines import Simulation, build_federated_data
+from fedbrb_fast.integrations.flower import (ConfigPartitions, PlanRecord, client_app_from_config, global_evaluate_fn,
+                                             strategy_from_config)
+from fedbrb_fast.integrations.flower.records import array_record
+from fedbrb_fast.integrations.flower.from_config import local_training
+from fedbrb_fast.models import build_model
+from fedbrb_fast.seeding import STREAM_INIT, STREAM_TRAIN, torch_generator
+from fedbrb_fast.training import train_client
+
+from flower_grid import InProcessGrid
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def node_of(partition):
+    return 1000 + 7 * partition  # increasing, so sorted node order is partition order
+
+
+@pytest.fixture
+def setup(tiny_cfg_dict):
+    def make(method="fedbrb", engine="reference"):
+        raw = dict(tiny_cfg_dict, method={"name": method, "lam": 0.5}, rounds=3)
+        raw["train"] = dict(raw["train"], engine=engine)
+        cfg = config_from_dict(raw)
+        data = build_federated_data(cfg)
+        model = build_model(cfg, data.input_shape, data.num_classes)
+        return cfg, data, model
+    return make
+
+
+def context(partition):
+    return Context(run_id=1, node_id=node_of(partition), node_config={"partition-id": partition}, state=RecordDict(),
+                   run_config={})
+
+
+def test_client_trains_its_sub_model_as_the_reference_does(setup):
+    cfg, data, model = setup()
+    strategy = strategy_from_config(cfg, model)
+    params = model.init(torch_generator(cfg.seed, STREAM_INIT))
+    grid = InProcessGrid(client_app_from_config(cfg, model), {node_of(p): p for p in range(12)})
+    messages = list(strategy.configure_train(2, ArrayRecord(params), ConfigRecord({"lr": 0.07}), grid))
+    app = client_app_from_config(cfg, model)
+    for msg in messages[:3]:
+        partition = (msg.metadata.dst_node_id - 1000) // 7
+        reply = app(msg, context(partition))
+        plan = PlanRecord.from_config(msg.content["config"])
+        x, y = data.client_data(partition)
+        hp = local_training(cfg)
+        expected = train_client(model, msg.content["arrays"].to_torch_state_dict(), x, y, beta=plan.width,
+                                hp=type(hp)(**{**hp.__dict__, "lr": 0.07}),
+                                generator=torch_generator(cfg.seed, STREAM_TRAIN, 1, partition))
+        got = reply.content["arrays"].to_torch_state_dict()
+        assert all(torch.equal(got[k], expected.params[k]) for k in expected.params)
+        assert reply.content["metrics"]["num-examples"] == len(y)
+        assert reply.content["metrics"]["train-loss"] == pytest.approx(expected.mean_loss)
+
+
+def test_client_refuses_a_message_without_a_valid_plan(setup):
+    cfg, _, model = setup()
+    params = model.init(torch_generator(cfg.seed, STREAM_INIT))
+    msg = Message(RecordDict({"arrays": array_record(params), "config": ConfigRecord({"server-round": 1})}),
+                  message_type=MessageType.TRAIN, dst_node_id=node_of(0))
+    with pytest.raises(ValueError, match="no valid plan"):
+        client_app_from_config(cfg, model)(msg, context(0))
+
+
+def test_client_refuses_arrays_that_do_not_fit_its_plan(setup):
+    cfg, _, model = setup()
+    params = model.init(torch_generator(cfg.seed, STREAM_INIT))
+    strategy = strategy_from_config(cfg, model, fraction_train=1.0)
+    grid = InProcessGrid(client_app_from_config(cfg, model), {node_of(p): p for p in range(12)})
+    msg = next(iter(strategy.configure_train(1, ArrayRecord(params), ConfigRecord(), grid)))
+    msg.content["arrays"] = array_record(params)  # the whole model instead of the sub-model
+    with pytest.raises(ValueError, match="expected a float tensor of shape"):
+        client_app_from_config(cfg, model)(msg, context(0))
+
+
+def test_partitions_are_rebuilt_in_each_worker_not_pickled(setup):
+    import pickle
+
+    cfg, data, _ = setup()
+    load = ConfigPartitions(cfg, torch_threads=None)
+    x, y = load(context(4))
+    assert torch.equal(y, data.client_data(4)[1])
+    assert pickle.loads(pickle.dumps(load))._data is None
+    with pytest.raises(ValueError, match="partition-id 12 outside"):
+        load(Context(run_id=1, node_id=1, node_config={"partition-id": 12}, state=RecordDict(), run_config={}))
+
+
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl"])
+def test_a_flower_run_equals_the_simulation(setup, method):
+    """Same config, nodes numbered like the simulation's clients: the Flower strategy plus
+    ClientApp reproduce `fedbrb-fast run` round by round (reference engine), mixed widths included."""
+    cfg, data, model = setup(method)
+    sim = Simulation(cfg, data)
+    sim_acc = [sim.run_round().accuracy for _ in range(cfg.rounds)]
+
+    strategy = strategy_from_config(cfg, model, fraction_train=0.4, min_train_nodes=cfg.clients.per_round)
+    grid = InProcessGrid(client_app_from_config(cfg, model), {node_of(p): p for p in range(cfg.clients.num_clients)})
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.init(torch_generator(cfg.seed, STREAM_INIT))),
+                            num_rounds=cfg.rounds, evaluate_fn=global_evaluate_fn(model, data.x_test, data.y_test,
+                                                                                   cfg.eval.batch_size))
+    flower_acc = [result.evaluate_metrics_serverapp[r]["accuracy"] for r in range(1, cfg.rounds + 1)]
+    assert flower_acc == pytest.approx(sim_acc, abs=1e-9)
+    final = result.arrays.to_torch_state_dict()
+    for k, v in sim.params.items():
+        torch.testing.assert_close(final[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert all(report.metrics()["replies-ok"] == cfg.clients.per_round for report in strategy.reports.values())
+
+
+def test_a_crashing_client_is_skipped_and_the_run_goes_on(setup):
+    cfg, data, model = setup("fedrolex")
+    app = client_app_from_config(cfg, model)
+    broken = {node_of(p) for p in range(0, 12, 3)}
+
+    def flaky(msg, ctx):
+        if ctx.node_id in broken:
+            raise RuntimeError("device lost")
+        return app(msg, ctx)
+
+    grid = InProcessGrid(app, {node_of(p): p for p in range(12)})
+    grid.client_app = flaky
+    strategy = strategy_from_config(cfg, model, fraction_train=1.0)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.init(torch_generator(cfg.seed, STREAM_INIT))),
+                            num_rounds=2)
+    for report in strategy.reports.values():
+        assert set(report.failed) == broken and all("device lost" in why for why in report.failed.values())
+        assert len(report.included) == 12 - len(broken)
+    assert result.arrays is not None
