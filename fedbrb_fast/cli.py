@@ -9,6 +9,7 @@ import typer
 
 from .checkpoint import CheckpointError
 from .config import METHODS, ConfigError, load_config
+from .engines import DistributedError, is_main_process
 from .runner import RunInterrupted, compare_methods, resume_experiment, run_experiment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -45,11 +46,14 @@ def run(config: ConfigArg = None, set_: SetOpt = None,
             result = run_experiment(_load(config, set_))
     except (ConfigError, CheckpointError) as exc:
         raise _fail(str(exc)) from None
+    except DistributedError as exc:
+        raise _fail(str(exc), code=1) from None
     except RunInterrupted as exc:
         typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
-    acc = result.summary["final_accuracy"]
-    typer.echo(f"{result.summary['method']}: final accuracy {100 * acc:.2f}% -> {result.out_dir}")
+    if is_main_process():  # one line per run, not per rank
+        acc = result.summary["final_accuracy"]
+        typer.echo(f"{result.summary['method']}: final accuracy {100 * acc:.2f}% -> {result.out_dir}")
 
 
 @app.command()
@@ -61,6 +65,8 @@ def compare(config: ConfigArg = None, set_: SetOpt = None,
         out = compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()])
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    except DistributedError as exc:
+        raise _fail(str(exc), code=1) from None
     typer.echo("\n" + out["table"])
     typer.echo(f"table: {out['out_dir'] / 'comparison.md'}\nplot:  {out['out_dir'] / 'accuracy.png'}")
 

@@ -88,7 +88,8 @@ class MethodConfig(_Section):
 
 
 class TrainConfig(_Section):
-    engine: Literal["reference", "batched"] = "batched"
+    engine: Literal["reference", "batched", "distributed"] = Field(
+        "batched", description="distributed: the batched engine on every rank of a torch.distributed process group")
     max_clients_per_step: int = Field(256, ge=1, description="batched engine: clients trained at once (memory bound)")
     device: Literal["cpu", "cuda"] = Field("cpu", description="batched engine: where clients train")
     linear_backend: Literal["torch", "triton"] = Field("torch", description="batched engine: linear layers via torch "
@@ -102,6 +103,8 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     clip_norm: float | None = Field(None, gt=0)
+    dist_timeout_s: float = Field(300.0, gt=0, description="distributed engine: seconds a rank waits for the others "
+                                  "in a collective before the run fails")
 
 
 class EvalConfig(_Section):
@@ -205,6 +208,9 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
         out.append(f"data.root: dataset {d.dataset!r} is read from local files; set data.root (nothing is downloaded)")
     if d.partition == "natural" and d.dataset != "synthetic":
         out.append(f"data.partition: 'natural' needs a dataset that defines its clients (synthetic), not {d.dataset!r}")
+    if cfg.train.engine == "distributed" and cfg.aggregation.backend == "reference":
+        out.append("aggregation.backend: 'reference' computes no partial sums to all-reduce; the distributed engine "
+                   "needs auto, torch, numba, triton or cuda")
     ms = cfg.train.lr_milestones
     if any(b <= a for a, b in zip(ms, ms[1:])):
         out.append(f"train.lr_milestones: {ms} must be strictly increasing")

@@ -1,8 +1,14 @@
-"""Engines train a round's clients; the simulation wires plan -> train -> aggregate -> evaluate."""
+"""Engines train a round's clients (one process, or sharded over a torch.distributed group); the
+simulation wires plan -> train -> aggregate -> evaluate."""
 
-from .context import RoundContext, TrainedRound
+from .base import Engine
+from .context import CombinedRound, RoundContext, TrainedRound
 from .batched import BatchedEngine, width_chunks
+from .distributed import DistributedEngine
+from .process_group import DistributedError, is_main_process
 from .reference import ReferenceEngine
 from .simulation import RoundRecord, Simulation, build_federated_data, make_engine
 
-__all__ = ["BatchedEngine", "ReferenceEngine", "make_engine", "width_chunks", "RoundContext", "RoundRecord", "Simulation", "TrainedRound", "build_federated_data"]
+__all__ = ["BatchedEngine", "CombinedRound", "DistributedEngine", "DistributedError", "Engine", "ReferenceEngine",
+           "make_engine", "width_chunks", "RoundContext", "RoundRecord", "Simulation", "TrainedRound",
+           "build_federated_data", "is_main_process"]

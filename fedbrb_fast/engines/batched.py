@@ -18,6 +18,7 @@ from ..models.stacked import gather_stacked
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..training.batched import build_schedule, local_steps, train_stacked
+from .base import Engine
 from .context import RoundContext, TrainedRound
 
 
@@ -53,7 +54,7 @@ def resolve_linear_backend(requested: str, device: torch.device) -> str:
     return "torch"
 
 
-class BatchedEngine:
+class BatchedEngine(Engine):
     name = "batched"
 
     def __init__(self, max_clients_per_step: int = 256, *, linear_backend: str = "torch", device: str = "cpu") -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..aggregation import ClientUpdate
+from ..aggregation import AggregationResult, ClientUpdate
 from ..data import FederatedData
 from ..models import Model
 from ..training import LocalTraining
@@ -47,4 +47,13 @@ class RoundContext:
 @dataclass(frozen=True)
 class TrainedRound:
     updates: Sequence[ClientUpdate]
+    train_losses: dict[int, float]
+
+
+@dataclass(frozen=True)
+class CombinedRound:
+    """The round's aggregate: new global model, included and excluded clients (screened ones too)
+    and the train losses of at least every included client, over all processes."""
+
+    result: AggregationResult
     train_losses: dict[int, float]

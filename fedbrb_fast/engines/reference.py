@@ -15,10 +15,11 @@ from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..seeding import STREAM_TRAIN, torch_generator
 from ..training import train_client
+from .base import Engine
 from .context import RoundContext, TrainedRound
 
 
-class ReferenceEngine:
+class ReferenceEngine(Engine):
     name = "reference"
 
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],

@@ -1,4 +1,7 @@
-"""One experiment: data, global model, clients; each round plan -> gather/train -> aggregate -> evaluate."""
+"""One experiment: data, global model, clients; each round plan -> gather/train -> aggregate -> evaluate.
+
+The engine trains and combines; under the distributed engine every rank runs this same round on
+its shard of the clients, and the engine's `combine` and `evaluate` add up the ranks' sums."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..aggregation import aggregate, rule_for_method
+from ..aggregation import rule_for_method
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
@@ -17,17 +20,24 @@ from ..plans import assign_widths, make_round_plans, sample_clients
 from ..profiling import PhaseTimer
 from ..schedules import lam_at, lr_at
 from ..seeding import STREAM_INIT, torch_generator
-from ..training import LocalTraining, evaluate
-from .context import RoundContext
+from ..training import LocalTraining
+from .base import Engine
 from .batched import BatchedEngine
+from .context import RoundContext
+from .distributed import DistributedEngine
+from .process_group import join_process_group
 from .reference import ReferenceEngine
 
 
-def make_engine(cfg: ExperimentConfig) -> ReferenceEngine | BatchedEngine:
-    if cfg.train.engine == "batched":
-        return BatchedEngine(cfg.train.max_clients_per_step, linear_backend=cfg.train.linear_backend,
-                             device=cfg.train.device)
-    return ReferenceEngine()
+def make_engine(cfg: ExperimentConfig) -> Engine:
+    """The configured engine; "distributed" joins the process group (see process_group.py)."""
+    if cfg.train.engine == "reference":
+        return ReferenceEngine()
+    batched = BatchedEngine(cfg.train.max_clients_per_step, linear_backend=cfg.train.linear_backend,
+                            device=cfg.train.device)
+    if cfg.train.engine == "distributed":
+        return DistributedEngine(batched, join_process_group(batched.device, cfg.train.dist_timeout_s))
+    return batched
 
 
 def build_federated_data(cfg: ExperimentConfig) -> FederatedData:
@@ -100,11 +110,14 @@ class Simulation:
         lam = lam_at(t, cfg.rounds, lam=cfg.method.lam, schedule=cfg.method.lam_schedule, lam_end=cfg.method.lam_end)
         with self.timer.phase("aggregate"):
             updates, too_large = self._screen(trained.updates)
-            result = aggregate(self.params, self.model.layout, updates,
-                               rule_for_method(cfg.method.name, lam, cfg.num_blocks), backend=cfg.aggregation.backend)
+            combined = self.engine.combine(self.params, self.model.layout, updates,
+                                           rule_for_method(cfg.method.name, lam, cfg.num_blocks),
+                                           backend=cfg.aggregation.backend, screened=too_large,
+                                           train_losses=trained.train_losses)
+            result = combined.result
             self.params = result.params
         self.round_idx += 1
-        excluded = {**too_large, **result.excluded}
+        excluded = result.excluded
         events = ([FaultEvent(self.round_idx, c, "dropout", "never returned") for c in sorted(dropped)]
                   + [FaultEvent(self.round_idx, c, "corrupted", f"injected {f.corrupt_kind}") for c in sorted(corrupted)]
                   + [FaultEvent(self.round_idx, c, "excluded", why) for c, why in sorted(excluded.items())])
@@ -117,7 +130,7 @@ class Simulation:
                 accuracy, loss = self.evaluate()
         seconds = self.timer.reset()
         seconds["total"] = time.perf_counter() - start
-        kept = [trained.train_losses[c] for c in result.included]
+        kept = [combined.train_losses[c] for c in result.included]
         return RoundRecord(round=self.round_idx, method=cfg.method.name, accuracy=accuracy, loss=loss,
                            train_loss=sum(kept) / len(kept) if kept else None, lr=lr,
                            lam=lam if cfg.method.name == "fedbrb" else None, clients=len(plans),
@@ -145,7 +158,8 @@ class Simulation:
         self.round_idx = round_idx
 
     def evaluate(self) -> tuple[float, float]:
-        return evaluate(self.model, self.params, self.data.x_test, self.data.y_test, self.cfg.eval.batch_size)
+        return self.engine.evaluate(self.model, self.params, self.data.x_test, self.data.y_test,
+                                    self.cfg.eval.batch_size)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.params.items()}

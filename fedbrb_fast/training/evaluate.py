@@ -15,10 +15,31 @@ from ..models import Model
 def evaluate(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over fixed, in-order batches; static BatchNorm uses each
     batch's statistics, so the batch size is part of the evaluation protocol."""
+    correct, loss_sum = evaluation_sums(model, params, x, y, batch_size, range(len(y)))
+    return correct / len(y), loss_sum / len(y)
+
+
+def evaluation_shard(model: Model, num_samples: int, batch_size: int, rank: int, world_size: int) -> range:
+    """The test samples rank `rank` of `world_size` scores; the shards' sums add up to the whole
+    set's. Samples are independent except under static BatchNorm, whose batches are the protocol:
+    then each rank takes whole batches (a test set of one batch is not split)."""
+    if model.norm != "bn":
+        return range(rank * num_samples // world_size, (rank + 1) * num_samples // world_size)
+    batches = -(-num_samples // batch_size)
+    lo, hi = rank * batches // world_size, (rank + 1) * batches // world_size
+    return range(min(lo * batch_size, num_samples), min(hi * batch_size, num_samples))
+
+
+@torch.no_grad()
+def evaluation_sums(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int,
+                    samples: range) -> tuple[int, float]:
+    """(correct predictions, summed cross-entropy) over the test samples in `samples`, in batches
+    of `batch_size` from its start."""
     correct, loss_sum = 0, 0.0
-    for start in range(0, len(y), batch_size):
-        logits = model.forward(params, x[start:start + batch_size], train=False)
-        target = y[start:start + batch_size]
+    for start in range(samples.start, samples.stop, batch_size):
+        stop = min(start + batch_size, samples.stop)
+        logits = model.forward(params, x[start:stop], train=False)
+        target = y[start:stop]
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(dim=1) == target).sum())
-    return correct / len(y), loss_sum / len(y)
+    return correct, loss_sum
