@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientUpdate, aggregate, rule_for_method
+from fedbrb_fast.aggregation import AggregationError, AggregationOverflow, AggregationRule, ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.models.layout import ModelLayout, ParamSpec, extract
 from fedbrb_fast.plans import make_round_plans
 
@@ -126,6 +126,21 @@ def test_all_updates_excluded_leaves_model_unchanged():
     res = aggregate(zeros(), LAYOUT, [update(0, 1, [0, 1], float("nan"), 0)], AggregationRule("overlap"))
     assert res.included == [] and torch.equal(res.params["w"], torch.zeros(4, 3))
     assert aggregate(zeros(), LAYOUT, [], AggregationRule("broadcast", lam=0.5, num_blocks=2)).params["b"].tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("rule", [AggregationRule("overlap"), AggregationRule("broadcast", lam=0.5, num_blocks=2)])
+def test_finite_updates_whose_sums_overflow_are_refused(backend, rule):
+    """3.4e8 x -1e30 is past float32's range: an infinite global model must not come out."""
+    p = {"w": torch.randn(4, 3), "b": torch.randn(4)}
+    before = {k: v.clone() for k, v in p.items()}
+    ups = [update(0, 340282352.0, [0, 1], 0.5, -1e30), update(1, 1.0, [2, 3], 0.5, 0.5)]
+    with pytest.raises(AggregationOverflow, match="global b: the weighted sums overflowed"):
+        aggregate(p, LAYOUT, ups, rule, backend=backend)
+    assert all(torch.equal(before[k], p[k]) for k in p)
+    p["b"][0] = float("inf")  # a non-finite global model is not blamed on the sums
+    res = aggregate(p, LAYOUT, [update(1, 1.0, [2, 3], 0.5, 0.5)], rule, backend=backend)
+    assert res.included == [1]
 
 
 def test_label_mask_rows_do_not_enter_aggregation():

@@ -1,7 +1,6 @@
 """Checkpoints, resume after a crash or a signal, and refusal of damaged files."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

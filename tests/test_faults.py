@@ -5,7 +5,7 @@ import torch
 
 from fedbrb_fast.aggregation import ClientBatch, ClientUpdate
 from fedbrb_fast.config import config_from_dict
-from fedbrb_fast.engines import Simulation
+from fedbrb_fast.engines import Simulation, simulation
 from fedbrb_fast.faults import corrupt, pick_clients, without_clients
 
 
@@ -64,6 +64,23 @@ def test_round_without_updates_keeps_the_model_and_says_so(tiny_cfg_dict):
     assert record.dropped == record.clients and record.train_loss is None
     assert any(e.kind == "no_updates" and "unchanged" in e.detail for e in record.events)
     assert all(torch.equal(before[k], sim.params[k]) for k in before)
+
+
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_round_whose_sums_overflow_keeps_the_model_and_says_so(tiny_cfg_dict, engine, monkeypatch):
+    def enormous(updates, clients, kind):  # finite values whose weighted sums leave float32's range
+        for item in updates:
+            for t in item.params.values():
+                t.copy_(t.clamp(-1, 1) * 3e38)
+
+    monkeypatch.setattr(simulation, "corrupt", enormous)
+    sim = sim_for(tiny_cfg_dict, engine)
+    before = {k: v.clone() for k, v in sim.params.items()}
+    record = sim.run_round()
+    assert all(torch.equal(before[k], sim.params[k]) for k in before)
+    excluded = [e for e in record.events if e.kind == "excluded"]
+    assert len(excluded) == record.clients and all("overflowed" in e.detail for e in excluded)
+    assert any(e.kind == "no_updates" for e in record.events) and record.train_loss is None
 
 
 def test_pick_clients_rate_and_determinism():

@@ -296,3 +296,14 @@ def test_arrays_whose_bytes_contradict_their_metadata_are_refused(model, global_
     assert_params_close(arrays, project_aggregation(strategy, "fedbrb", global_params, messages, good))
     assert metrics["replies-malformed"] == 4
     assert all("hidden0.weight" in why for why in strategy.reports[1].malformed.values())
+
+
+def test_a_round_whose_sums_overflow_keeps_the_model(model, global_params):
+    strategy = make_strategy("fedbrb", model, fraction_train=1.0)
+    messages = list(strategy.configure_train(1, ArrayRecord(global_params), ConfigRecord(), NodesGrid(NODES)))
+    enormous = [trained_reply(m, s, tensors={k: torch.full(v.shape, 3e38) for k, v in
+                                             m.content["arrays"].to_torch_state_dict().items()})
+                for s, m in enumerate(messages)]
+    arrays, metrics = strategy.aggregate_train(1, enormous)
+    assert arrays is None and metrics["replies-ok"] == 0 and metrics["updates-non-finite"] == len(messages)
+    assert all("overflowed" in why for why in strategy.reports[1].non_finite.values())

@@ -4,7 +4,7 @@ result, and no state changed."""
 import math
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientUpdate, aggregate
@@ -89,6 +89,9 @@ def hostile_updates(draw):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_updates(), st.sampled_from(["overlap", "broadcast"]), st.floats(0, 1))
+@example(updates=[ClientUpdate(0, 340282352.0, (torch.tensor([0]), torch.tensor([0])),  # sums overflow float32
+                               {"w1": torch.full((1, 3), 0.5), "w2": torch.full((1, 1), 0.5),
+                                "b2": torch.tensor([-1e30])})], kind="overlap", lam=0.0)
 def test_aggregate_validates_everything_and_never_changes_its_input(updates, kind, lam):
     g = torch.Generator().manual_seed(0)
     params = {s.name: torch.randn(s.shape, generator=g) for s in LAYOUT.params}

@@ -74,12 +74,25 @@ def test_scaler_divides_hidden_activations_only_in_training():
     assert torch.allclose(plain.forward(p, x, beta=0.25, train=True), torch.full((1, 2), 6.0))
 
 
-def test_static_batch_norm_uses_batch_statistics():
-    h = torch.randn(7, 5, 3, 3)
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (7, 5), (1, 5, 3, 3), (2, 5)])
+def test_static_batch_norm_uses_batch_statistics(shape, fused):
+    h = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w, b = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    dims = [0, *range(2, h.dim())]
+    view = [1, 5] + [1] * (h.dim() - 2)
+    mean, var = h.mean(dims, keepdim=True), h.var(dims, unbiased=False, keepdim=True)
+    ref = (h - mean) / (var + 1e-5).sqrt() * w.view(view) + b.view(view)
+    out = static_batch_norm(h, w, b, fused=fused)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out.square().sum(), h)[0],
+                               torch.autograd.grad(ref.square().sum(), h)[0])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_static_batch_norm_of_a_single_vector_is_the_bias(fused):
     w, b = torch.rand(5) + 0.5, torch.randn(5)
-    ref = torch.nn.functional.batch_norm(h, None, None, w, b, training=True)
-    assert torch.allclose(static_batch_norm(h, w, b), ref, atol=1e-5)
-    single = static_batch_norm(torch.randn(1, 5), w, b)  # batch of one: no error, bias out
+    single = static_batch_norm(torch.randn(1, 5), w, b, fused=fused)  # batch of one: no error, bias out
     assert torch.allclose(single, b.expand(1, 5))
 
 

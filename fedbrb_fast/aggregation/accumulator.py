@@ -28,7 +28,7 @@ from .ranges import nvtx_range
 from .rules import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums
-from .updates import AggregationError, ClientBatch, ClientUpdate, validate_updates
+from .updates import AggregationError, AggregationOverflow, ClientBatch, ClientUpdate, validate_updates
 
 Item = ClientUpdate | ClientBatch | Update
 
@@ -156,13 +156,18 @@ class Accumulator:
 
     # -- finalize ---------------------------------------------------------------------------------
     def finalize(self) -> AggregationResult:
-        """The new global parameters (fresh tensors, numpy arrays if the inputs were numpy)."""
-        new = {}
+        """The new global parameters (fresh tensors, numpy arrays if the inputs were numpy);
+        AggregationOverflow if the weighted sums of finite updates overflowed."""
+        new, overflowed = {}, []
         with nvtx_range("aggregate.finalize"):
             for name, geo in self._geometry.items():
                 with nvtx_range(f"aggregate.{self.backend}.finalize:{name}"):
                     out = self._backend.finalize(self._flat_params(name), self._sums[name], self.rule)
                 new[name] = out.to(self._params[name].dtype).reshape(geo.shape)
+                if not torch.isfinite(new[name]).all() and torch.isfinite(self._params[name]).all():
+                    overflowed.append(name)  # finite inputs, non-finite sums (also in a cast to a half type)
+        if overflowed:
+            raise AggregationOverflow(overflowed)
         if self._returns_numpy:
             new = {name: t.cpu().numpy() for name, t in new.items()}
         return AggregationResult(params=new, included=list(self.included), excluded=dict(self.excluded),

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec, gather_tensor
-from .updates import AggregationError, ClientBatch, ClientUpdate, as_updates, non_finite_tensors, validate_updates
+from .updates import AggregationError, AggregationOverflow, ClientBatch, ClientUpdate, as_updates, non_finite_tensors, validate_updates
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates:
             new[spec.name] = _overlap(p, spec, kept)
         else:
             new[spec.name] = _broadcast(p, spec, kept, rule.lam, rule.num_blocks)
+    overflowed = [n for n, t in new.items() if not torch.isfinite(t).all() and torch.isfinite(global_params[n]).all()]
+    if overflowed:
+        raise AggregationOverflow(overflowed)
     return AggregationResult(params=new, included=[u.client for u in kept], excluded=excluded)
 
 

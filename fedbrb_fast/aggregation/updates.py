@@ -16,6 +16,15 @@ class AggregationError(ValueError):
     """Malformed aggregation input; raised before any global tensor changes."""
 
 
+class AggregationOverflow(AggregationError):
+    """Finite updates whose weighted sums left the float range; the new model is discarded."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(f"global {', '.join(names)}: the weighted sums overflowed (client weights x values exceed "
+                         f"the float range); the global model is unchanged. Screen updates with "
+                         f"faults.max_update_norm or use smaller weights")
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
     """A client's trained sub-tensors `params` (by name), its channel `indices` per group (the

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..aggregation import rule_for_method
+from ..aggregation import AggregationOverflow, AggregationResult, rule_for_method
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
@@ -23,7 +23,7 @@ from ..seeding import STREAM_INIT, torch_generator
 from ..training import LocalTraining
 from .base import Engine
 from .batched import BatchedEngine
-from .context import RoundContext
+from .context import CombinedRound, RoundContext
 from .distributed import DistributedEngine
 from .process_group import join_process_group
 from .reference import ReferenceEngine
@@ -110,10 +110,13 @@ class Simulation:
         lam = lam_at(t, cfg.rounds, lam=cfg.method.lam, schedule=cfg.method.lam_schedule, lam_end=cfg.method.lam_end)
         with self.timer.phase("aggregate"):
             updates, too_large = self._screen(trained.updates)
-            combined = self.engine.combine(self.params, self.model.layout, updates,
-                                           rule_for_method(cfg.method.name, lam, cfg.num_blocks),
-                                           backend=cfg.aggregation.backend, screened=too_large,
-                                           train_losses=trained.train_losses)
+            try:
+                combined = self.engine.combine(self.params, self.model.layout, updates,
+                                               rule_for_method(cfg.method.name, lam, cfg.num_blocks),
+                                               backend=cfg.aggregation.backend, screened=too_large,
+                                               train_losses=trained.train_losses)
+            except AggregationOverflow as exc:  # every rank sees the same sums, so all take this branch
+                combined = CombinedRound(AggregationResult(self.params, [], {c: str(exc) for c in returned}), {})
             result = combined.result
             self.params = result.params
         self.round_idx += 1

@@ -31,7 +31,8 @@ class CNN:
         for g in range(len(self.hidden)):
             h = F.conv2d(h, params[f"hidden{g}.weight"], params[f"hidden{g}.bias"], padding=1)
             h = scale_activation(h, beta=beta, train=train, scaler=self.scaler)
-            h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups)
+            h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups,
+                          fused=not train)
             h = F.relu(h)
             if g != last:
                 h = F.max_pool2d(h, 2)

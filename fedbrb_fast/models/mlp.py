@@ -29,7 +29,8 @@ class MLP:
         for g in range(len(self.hidden)):
             h = F.linear(h, params[f"hidden{g}.weight"], params[f"hidden{g}.bias"])
             h = scale_activation(h, beta=beta, train=train, scaler=self.scaler)
-            h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups)
+            h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups,
+                          fused=not train)
             h = F.relu(h)
         return F.linear(h, params["out.weight"], params["out.bias"])
 

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 from torch import Tensor
 
-from ...aggregation import Accumulator, ClientBatch, rule_for_method
+from ...aggregation import Accumulator, AggregationOverflow, ClientBatch, rule_for_method
 from ...aggregation.backends import BACKENDS
 from ...models.layout import ModelLayout, extract
 from ...plans import ClientPlan, make_round_plans, sample_clients
@@ -181,13 +181,18 @@ class SubModelStrategy(Strategy):
     def _aggregate(self, server_round: int, batches: list[ClientBatch],
                    report: RoundReport) -> dict[str, Tensor] | None:
         """The new global model through the streaming accumulator; None when no update survives
-        (NaN/Inf updates are excluded there)."""
+        (NaN/Inf updates are excluded there) or the sums overflow."""
         assert self._global is not None
         rule = rule_for_method(self.method, self.lam(server_round), self.num_blocks)
         acc = Accumulator(self._global, self.layout, rule, backend=self.aggregation_backend)
         acc.add(batches)
-        result = acc.finalize()
-        report.backend = result.backend
+        report.backend = acc.backend
+        try:
+            result = acc.finalize()
+        except AggregationOverflow as exc:  # finite updates, but their weighted sums left the float range
+            report.non_finite = {**{self._node_of(c): why for c, why in acc.excluded.items()},
+                                 **{self._node_of(c): str(exc) for c in acc.included}}
+            return None
         report.included = [self._node_of(c) for c in result.included]
         report.non_finite = {self._node_of(c): why for c, why in result.excluded.items()}
         return result.params if result.included else None
