@@ -135,15 +135,15 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
                 d_out = {layer: d * coef.view(-1, 1, 1) for layer, d in d_out.items()}
                 g_other = {name: g * coef.view(-1, *([1] * (g.dim() - 1))) for name, g in g_other.items()}
             for name, g in g_other.items():
-                _sgd(leaves[name], g, momentum.get(name, torch.empty(0))[:k], hp)
+                _sgd(leaves[name], g, _buffer(momentum, name, k), hp)
             for layer in layers:
                 h, _ = records[layer]
                 dy = d_out[layer]
-                _sgd(leaves[f"{layer}.bias"], dy.sum(dim=1), momentum.get(f"{layer}.bias", torch.empty(0))[:k], hp)
+                _sgd(leaves[f"{layer}.bias"], dy.sum(dim=1), _buffer(momentum, f"{layer}.bias", k), hp)
                 if layer in implicit:
                     implicit[layer].step(h, dy, hp)
                 else:
-                    _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, momentum.get(f"{layer}.weight", torch.empty(0))[:k], hp)
+                    _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, _buffer(momentum, f"{layer}.weight", k), hp)
         loss_sum[:k] += per_client.detach().to(torch.float64)
     for layer, weight in implicit.items():
         theta[f"{layer}.weight"] = weight.materialize()
@@ -193,20 +193,25 @@ def _device(records: dict, g_other: dict) -> torch.device:
     return next(iter(g_other.values())).device if g_other else next(iter(records.values()))[0].device
 
 
-def _sgd(p: Tensor, grad: Tensor, buf: Tensor, hp: LocalTraining) -> None:
+def _buffer(momentum: dict[str, Tensor], name: str, k: int) -> Tensor | None:
+    """The first k clients' momentum buffer of `name` (None without momentum)."""
+    return momentum[name][:k] if name in momentum else None
+
+
+def _sgd(p: Tensor, grad: Tensor, buf: Tensor | None, hp: LocalTraining) -> None:
     """p -= lr * buf with buf = mu*buf + (grad + wd*p); in place (grad is consumed)."""
     if hp.weight_decay:
         grad.add_(p, alpha=hp.weight_decay)
-    if hp.momentum:
+    if buf is not None:
         buf.mul_(hp.momentum).add_(grad)
         grad = buf
     p.add_(grad, alpha=-hp.lr)
 
 
-def _fused_linear_sgd(w: Tensor, dy: Tensor, h: Tensor, buf: Tensor, hp: LocalTraining) -> None:
+def _fused_linear_sgd(w: Tensor, dy: Tensor, h: Tensor, buf: Tensor | None, hp: LocalTraining) -> None:
     """The SGD step of a linear weight whose gradient is dY^T h, without materializing it."""
     grad_t = dy.transpose(1, 2)
-    if hp.momentum:
+    if buf is not None:
         buf.baddbmm_(grad_t, h, beta=hp.momentum)
         if hp.weight_decay:
             buf.add_(w, alpha=hp.weight_decay)
