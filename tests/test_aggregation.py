@@ -143,6 +143,17 @@ def test_finite_updates_whose_sums_overflow_are_refused(backend, rule):
     assert res.included == [1]
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_a_cast_to_half_that_overflows_is_refused(backend):
+    """Finite float32 sums whose float16 result is past 65504: row 2's delta of 120000 is
+    broadcast (lam = 1) onto row 0, which already holds 60000."""
+    p = {"w": torch.zeros(4, 3, dtype=torch.float16), "b": torch.tensor([6e4, 0, -6e4, 0], dtype=torch.float16)}
+    up = ClientUpdate(0, 1.0, (torch.tensor([2, 3]),), {"w": torch.zeros(2, 3, dtype=torch.float16),
+                                                        "b": torch.tensor([6e4, 0], dtype=torch.float16)})
+    with pytest.raises(AggregationOverflow, match="global b"):
+        aggregate(p, LAYOUT, [up], AggregationRule("broadcast", lam=1.0, num_blocks=2), backend=backend)
+
+
 def test_label_mask_rows_do_not_enter_aggregation():
     p = zeros()
     m = {"w": torch.tensor([[1.0], [0.0]]), "b": torch.tensor([1.0, 0.0])}

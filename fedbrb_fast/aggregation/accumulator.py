@@ -164,8 +164,8 @@ class Accumulator:
                 with nvtx_range(f"aggregate.{self.backend}.finalize:{name}"):
                     out = self._backend.finalize(self._flat_params(name), self._sums[name], self.rule)
                 new[name] = out.to(self._params[name].dtype).reshape(geo.shape)
-                if not torch.isfinite(new[name]).all() and torch.isfinite(self._params[name]).all():
-                    overflowed.append(name)  # finite inputs, non-finite sums (also in a cast to a half type)
+                if not self._all_finite(out, new[name]) and torch.isfinite(self._params[name]).all():
+                    overflowed.append(name)  # finite inputs, non-finite sums
         if overflowed:
             raise AggregationOverflow(overflowed)
         if self._returns_numpy:
@@ -173,7 +173,12 @@ class Accumulator:
         return AggregationResult(params=new, included=list(self.included), excluded=dict(self.excluded),
                                  backend=self.backend)
 
-    # -- helpers ----------------------------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------------------------
+    def _all_finite(self, out: Tensor, cast: Tensor) -> bool:
+        """`out` (accumulation dtype) by the backend's one-pass check; its cast too where the
+        parameters are a narrower type (a cast to half can overflow on its own)."""
+        return self._backend.all_finite(out) and (cast.dtype == out.dtype or bool(torch.isfinite(cast).all()))
+
     def _zero_sums(self, device: torch.device) -> dict[str, TensorSums]:
         return {name: TensorSums.zeros(geo, self.dtype, device) for name, geo in self._geometry.items()}
 
