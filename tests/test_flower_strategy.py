@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -205,11 +207,13 @@ def test_duplicate_replies_and_silent_nodes(model, global_params):
     messages = list(strategy.configure_train(1, ArrayRecord(global_params), ConfigRecord(), NodesGrid(NODES)))
     good = [trained_reply(m, seed) for seed, m in enumerate(messages[:4])]
     twice = trained_reply(messages[4], 40)
-    arrays, metrics = strategy.aggregate_train(1, [*good, twice, trained_reply(messages[4], 41)])
+    failed_then_ok = [trained_reply(messages[5], 50, error="lost"), trained_reply(messages[5], 51)]
+    arrays, metrics = strategy.aggregate_train(1, [*good, twice, trained_reply(messages[4], 41), *failed_then_ok])
     assert_params_close(arrays, project_aggregation(strategy, "fedrolex", global_params, messages, good))
     report = strategy.reports[1]
-    assert "more than one reply" in report.malformed[messages[4].metadata.dst_node_id]
-    assert {n: r for n, r in report.failed.items()} == {m.metadata.dst_node_id: "no reply" for m in messages[5:]}
+    for m in messages[4:6]:  # each node lands in exactly one outcome
+        assert "more than one reply" in report.malformed[m.metadata.dst_node_id]
+    assert {n: r for n, r in report.failed.items()} == {m.metadata.dst_node_id: "no reply" for m in messages[6:]}
     assert metrics["replies-ok"] == 4
 
 
@@ -307,3 +311,54 @@ def test_a_round_whose_sums_overflow_keeps_the_model(model, global_params):
     arrays, metrics = strategy.aggregate_train(1, enormous)
     assert arrays is None and metrics["replies-ok"] == 0 and metrics["updates-non-finite"] == len(messages)
     assert all("overflowed" in why for why in strategy.reports[1].non_finite.values())
+
+
+# -- hostile replies (Hypothesis) ---------------------------------------------------------------------
+def hostile_reply(msg, draw, st):
+    """A reply mangled in any of the ways a buggy or malicious node could."""
+    sub = {k: v.clone() for k, v in msg.content["arrays"].to_torch_state_dict().items()}
+    name = draw(st.sampled_from(sorted(sub)))
+    kind = draw(st.sampled_from(["ok", "missing", "extra", "shape", "dtype", "value", "bytes", "error"]))
+    if kind == "error":
+        return Message(Error(code=1, reason="crashed"), reply_to=msg)
+    if kind == "missing":
+        sub.pop(name)
+    elif kind == "extra":
+        sub["intruder"] = torch.zeros(2)
+    elif kind == "shape":
+        sub[name] = torch.zeros(draw(st.integers(0, 3)), draw(st.integers(1, 3)))
+    elif kind == "value":
+        sub[name].view(-1)[0] = draw(st.sampled_from([math.nan, math.inf, -math.inf, 3e38, -1e30, 0.0]))
+    arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in sub.items()})
+    if kind == "dtype":
+        arrays[name] = Array(np.asarray(sub[name]).astype(draw(st.sampled_from([np.int32, np.float16, np.float64]))))
+    if kind == "bytes":
+        a = arrays[name]
+        arrays[name] = Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=draw(st.binary(max_size=64)))
+    weight = draw(st.one_of(st.integers(-2, 1000), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                            st.just("many")))
+    number = isinstance(weight, (int, float)) and not isinstance(weight, bool)  # what a MetricRecord holds
+    metrics = MetricRecord({"num-examples": weight}) if number else ConfigRecord({"num-examples": weight})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data(), method=st.sampled_from(sorted(STRATEGIES)))
+def test_hostile_replies_never_crash_the_server_nor_reach_the_model(model, global_params, data, method):
+    strategy = make_strategy(method, model, fraction_train=1.0)
+    messages = list(strategy.configure_train(1, ArrayRecord(global_params), ConfigRecord(), NodesGrid(NODES)))
+    replies = [hostile_reply(m, data.draw, st) for m in messages if data.draw(st.booleans())]
+    replies += [hostile_reply(m, data.draw, st) for m in messages[:data.draw(st.integers(0, 2))]]  # duplicates
+    arrays, metrics = strategy.aggregate_train(1, data.draw(st.permutations(replies)))
+    report = strategy.reports[1]
+    sampled = {m.metadata.dst_node_id for m in messages}
+    outcomes = [set(report.included), set(report.failed), set(report.malformed), set(report.non_finite)]
+    assert set().union(*outcomes) == sampled  # every sampled node is accounted for, once
+    assert sum(len(o) for o in outcomes) == len(sampled)
+    if arrays is None:
+        assert not report.included
+    else:
+        new = arrays.to_torch_state_dict()
+        assert {k: tuple(v.shape) for k, v in new.items()} == {k: tuple(v.shape) for k, v in global_params.items()}
+        assert all(torch.isfinite(v).all() for v in new.values())

@@ -151,6 +151,7 @@ class SubModelStrategy(Strategy):
             if node in answered and node in self._pending:
                 report.malformed[node] = "more than one reply from this node; all of them skipped"
                 weights.pop(node, None)
+                report.failed.pop(node, None)
                 continue
             answered.add(node)
             if reply.has_error():
