@@ -13,6 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrb_fast.aggregation import ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.integrations.flower import FedBRB, FedRolex, HeteroFL, PlanRecord
+from fedbrb_fast.integrations.flower.node_numbering import NodeNumbering
 from fedbrb_fast.models import MLP, extract
 from fedbrb_fast.plans import make_round_plans, sample_clients
 
@@ -362,3 +363,41 @@ def test_hostile_replies_never_crash_the_server_nor_reach_the_model(model, globa
         new = arrays.to_torch_state_dict()
         assert {k: tuple(v.shape) for k, v in new.items()} == {k: tuple(v.shape) for k, v in global_params.items()}
         assert all(torch.isfinite(v).all() for v in new.values())
+
+
+# -- node numbering -------------------------------------------------------------------------------------
+class ReportingGrid(NodesGrid):
+    """Nodes answer the client-id query with the given values (an Exception: an error reply)."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.answers, self.queries = answers, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            assert msg.metadata.message_type == "query.client_id"
+            self.queries += 1
+            value = self.answers[msg.metadata.dst_node_id]
+            replies.append(Message(Error(code=1, reason="no"), reply_to=msg) if value is Exception else
+                           Message(RecordDict({"metrics": MetricRecord({"client-id": value})}), reply_to=msg))
+        return replies
+
+
+def test_reported_client_ids_number_the_nodes_and_bad_reports_go_last():
+    numbering = NodeNumbering("reported", query_timeout=5)
+    grid = ReportingGrid({50: 1, 10: 0, 70: 3, 30: Exception, 20: 1, 40: -2, 60: 2.5})
+    # 20 reported 1 before 50 did (replies in sorted node order); 30, 40, 60 gave nothing usable
+    assert numbering.ordered(grid, grid.nodes) == [10, 20, 70, 30, 40, 50, 60]
+    assert [numbering.index(n) for n in (10, 20, 70, 30, 40, 50, 60)] == [0, 1, 3, 4, 5, 6, 7]
+    assert numbering.node(3) == 70
+    grid.answers[80] = 2  # a late node takes its free number; known nodes are not asked again
+    assert numbering.ordered(grid, [*grid.nodes, 80])[:4] == [10, 20, 80, 70] and grid.queries == 8
+
+
+def test_node_order_numbering_asks_nothing():
+    numbering = NodeNumbering("node-order", query_timeout=5)
+    assert numbering.ordered(NodesGrid([]), [30, 10, 20]) == [10, 20, 30]
+    assert numbering.ordered(NodesGrid([]), [5, 30]) == [30, 5]  # 5 came later
+    with pytest.raises(ValueError, match="client_ids"):
+        NodeNumbering("by-name", query_timeout=5)

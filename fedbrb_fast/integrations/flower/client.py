@@ -12,6 +12,7 @@ from torch import Tensor
 from ...models import Model
 from ...seeding import STREAM_TRAIN, torch_generator
 from ...training import LocalTraining, evaluate, train_client
+from .node_numbering import client_id_reply
 from .records import PlanRecord, array_record, decode_arrays, single_record
 
 DataFn = Callable[[Context], tuple[Tensor, Tensor]]
@@ -53,6 +54,11 @@ def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, lo
                               generator=torch_generator(seed, STREAM_TRAIN, server_round - 1, partition))
         metrics = MetricRecord({"num-examples": len(y), "train-loss": result.mean_loss})
         return Message(RecordDict({arrayrecord_key: array_record(result.params), "metrics": metrics}), reply_to=msg)
+
+    @app.query("client_id")
+    def client_id(msg: Message, context: Context) -> Message:
+        """The node's client number for strategies with client_ids="reported": its partition-id."""
+        return client_id_reply(msg, int(context.node_config["partition-id"]))
 
     @app.evaluate()
     def evaluate_sub_model(msg: Message, context: Context) -> Message:

@@ -14,7 +14,7 @@ from ...config import ExperimentConfig
 from ...data import FederatedData
 from ...models import Model
 from ...plans import assign_widths
-from ...schedules import lam_at
+from ...schedules import lam_at, lr_at
 from ...training import LocalTraining
 from .client import make_client_app
 from .strategy import FedBRB, FedRolex, HeteroFL, SubModelStrategy
@@ -46,6 +46,20 @@ class ConfigPartitions:
         return self._data.client_data(partition)
 
 
+class RoundConfig:
+    """The ConfigRecord entries of a round: the config's local training, lr by its schedule."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, server_round: int) -> dict[str, object]:
+        t = self.cfg.train
+        return {"lr": lr_at(server_round - 1, lr=t.lr, schedule=t.lr_schedule, milestones=t.lr_milestones,
+                            gamma=t.lr_gamma),
+                "local-epochs": t.local_epochs, "batch-size": t.batch_size, "momentum": t.momentum,
+                "weight-decay": t.weight_decay}
+
+
 def local_training(cfg: ExperimentConfig) -> LocalTraining:
     t = cfg.train
     return LocalTraining(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.clip_norm)
@@ -57,8 +71,9 @@ def client_app_from_config(cfg: ExperimentConfig, model: Model) -> ClientApp:
 
 
 def strategy_from_config(cfg: ExperimentConfig, model: Model, **kwargs: Any) -> SubModelStrategy:
-    """The config's method as a Flower strategy. Mixed widths follow `clients.widths` and
-    `proportions` as in the simulation, client k being the k-th node in sorted id order."""
+    """The config's method as a Flower strategy that runs the simulation's rounds: node k (by
+    its reported partition-id) is client k, with the same widths, `per_round` sampling, plans,
+    lam and learning-rate schedules and local training. Keyword arguments override."""
     method = cfg.method.name
     if method not in STRATEGIES:
         raise ValueError(f"method.name = {method!r} has no Flower strategy; choose from {sorted(STRATEGIES)}")
@@ -71,5 +86,7 @@ def strategy_from_config(cfg: ExperimentConfig, model: Model, **kwargs: Any) -> 
     c = cfg.clients
     widths = c.widths[0] if len(c.widths) == 1 else assign_widths(c.num_clients, c.widths, c.proportions, cfg.seed)
     kwargs = {"width": widths, "num_blocks": cfg.num_blocks, "weighting": cfg.clients.weighting,
-              "aggregation_backend": cfg.aggregation.backend, "seed": cfg.seed, **kwargs}
+              "aggregation_backend": cfg.aggregation.backend, "seed": cfg.seed, "client_ids": "reported",
+              "fraction_train": c.per_round / c.num_clients, "min_train_nodes": c.per_round,
+              "min_available_nodes": c.num_clients, "round_config": RoundConfig(cfg), **kwargs}
     return STRATEGIES[method](model.layout, **kwargs)

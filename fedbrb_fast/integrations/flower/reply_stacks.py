@@ -4,7 +4,7 @@ a pool kept across rounds: fresh memory costs a page fault per page on every rou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class ReplyStacks:
         key, i = self._row[node]
         return {name: buf[i] for name, buf in self._buffers[key].items()}
 
-    def batches(self, weights: Mapping[int, float], client_of: Mapping[int, int]) -> list[ClientBatch]:
+    def batches(self, weights: Mapping[int, float], client_of: Callable[[int], int]) -> list[ClientBatch]:
         """A ClientBatch per shape of the nodes in `weights` (the usable replies); rows of other
         nodes are left out (a copy only when some are missing)."""
         out = []
@@ -49,7 +49,7 @@ class ReplyStacks:
                 index = torch.tensor(rows)
                 buffers = {name: buf.index_select(0, index) for name, buf in buffers.items()}
             out.append(ClientBatch(
-                clients=tuple(client_of[node] for node in kept),
+                clients=tuple(client_of(node) for node in kept),
                 weights=torch.tensor([weights[node] for node in kept], dtype=torch.float64),
                 indices=tuple(torch.stack(ix) for ix in zip(*(self._plans[node].indices for node in kept))),
                 params=buffers))

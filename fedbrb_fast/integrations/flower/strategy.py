@@ -2,9 +2,10 @@
 (ArrayRecord) and plan (ConfigRecord), and the replies go through the fast aggregation API.
 
 FedBRB aggregates by weighted broadcast, FedRolex and HeteroFL by overlap averaging (SPEC §5).
-Sampling and plans are seeded and depend only on the round and the sorted node ids, so a run is
-reproducible. Failed replies (errors, timeouts) and malformed ones (unknown node, wrong tensors,
-bad weight) are counted and skipped; updates with NaN/Inf are excluded by the accumulator.
+Sampling and plans are seeded and depend only on the round and the nodes' client numbers
+(node_numbering.py), so a run is reproducible. Failed replies (errors, timeouts) and malformed
+ones (unknown node, wrong tensors, bad weight) are counted and skipped; updates with NaN/Inf are
+excluded by the accumulator.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ...aggregation.backends import BACKENDS
 from ...models.layout import ModelLayout, extract
 from ...plans import ClientPlan, make_round_plans, sample_clients
 from .records import MalformedReply, PlanRecord, array_record, decode_into, reply_metric, reply_weight, single_record
+from .node_numbering import NodeNumbering
 from .reply_stacks import ReplyStacks
 
 Width = float | Sequence[float] | Callable[[int], float]
@@ -55,19 +57,23 @@ class SubModelStrategy(Strategy):
     """Base of the sub-model strategies; subclasses name the method.
 
     `layout`: the global model's layout (e.g. `build_model(...).layout`). `width`: every node's
-    width; or one width per client index (nodes are numbered in sorted order of their ids as they
-    first connect); or a function of the node id. Widths are fixed per node. `num_blocks` (K):
-    default 1 / width for a single width, else needed. `weighting`: "samples" weighs an update by
-    the reply's `weighted_by_key` metric, "uniform" by 1. `aggregation_backend`: as in
-    `fedbrb_fast.aggregation` ("auto" picks the fastest available)."""
+    width; or one width per client number; or a function of the node id. Widths are fixed per
+    node. `num_blocks` (K): default 1 / width for a single width, else needed. `weighting`:
+    "samples" weighs an update by the reply's `weighted_by_key` metric, "uniform" by 1.
+    `aggregation_backend`: as in `fedbrb_fast.aggregation` ("auto" picks the fastest available).
+    `client_ids`: how nodes get client numbers, "node-order" or "reported" (see node_numbering.py;
+    `query_timeout` bounds that query). `round_config(server_round)`: entries added to every
+    round's ConfigRecord (e.g. a learning-rate schedule)."""
 
     method: ClassVar[str]
 
     def __init__(self, layout: ModelLayout, *, width: Width = 0.125, num_blocks: int | None = None,
                  fraction_train: float = 1.0, min_train_nodes: int = 2, min_available_nodes: int = 2,
                  fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 0, weighting: str = "samples",
-                 aggregation_backend: str = "auto", seed: int = 0, weighted_by_key: str = "num-examples",
-                 arrayrecord_key: str = "arrays", configrecord_key: str = "config") -> None:
+                 aggregation_backend: str = "auto", seed: int = 0, client_ids: str = "node-order",
+                 query_timeout: float = 300.0, round_config: Callable[[int], Mapping[str, object]] | None = None,
+                 weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
+                 configrecord_key: str = "config") -> None:
         for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -99,8 +105,8 @@ class SubModelStrategy(Strategy):
         self.weighted_by_key, self.arrayrecord_key = weighted_by_key, arrayrecord_key
         self.configrecord_key = configrecord_key
         self.reports: dict[int, RoundReport] = {}
-        self._node_index: dict[int, int] = {}  # node id -> stable client index (plans use it)
-        self._nodes: list[int] = []  # client index -> node id
+        self._numbering = NodeNumbering(client_ids, query_timeout)
+        self._round_config = round_config
         self._widths: dict[int, float] = {}
         self._global: dict[str, Tensor] | None = None
         self._pending: dict[int, ClientPlan] = {}
@@ -130,7 +136,7 @@ class SubModelStrategy(Strategy):
         stacks = ReplyStacks(self._pending, self.layout, {k: v.dtype for k, v in self._global.items()},
                              self._reply_buffers)
         weights, losses = self._collect(replies, stacks, report)
-        new_params = self._aggregate(server_round, stacks.batches(weights, self._node_index), report) \
+        new_params = self._aggregate(server_round, stacks.batches(weights, self._numbering.index), report) \
             if weights else None
         report.seconds = time.perf_counter() - start
         self.reports[server_round] = report
@@ -218,6 +224,7 @@ class SubModelStrategy(Strategy):
                 for node, plan in zip(nodes, self._plans(server_round, nodes))]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Weighted averages of the nodes' metrics; None in rounds without evaluation replies."""
         valid, failed = [], 0
         for reply in replies:
             try:
@@ -228,6 +235,8 @@ class SubModelStrategy(Strategy):
             except MalformedReply as exc:
                 failed += 1
                 log(WARNING, "aggregate_evaluate: skipped node %d: %s", reply.metadata.src_node_id, exc)
+        if not valid and not failed:
+            return None
         metrics = aggregate_metricrecords(valid, self.weighted_by_key) if valid else MetricRecord()
         metrics["replies-ok"], metrics["replies-failed"] = len(valid), failed
         return metrics
@@ -251,21 +260,19 @@ class SubModelStrategy(Strategy):
         return params
 
     def _sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[int]:
-        """Seeded choice among the connected nodes (sorted ids), after waiting for enough of them."""
+        """Seeded choice among the connected nodes (in client-number order), after waiting for
+        enough of them: with client numbers 0..n-1 the simulation's `sample_clients` choice."""
         wanted = max(self.min_available_nodes, minimum)
         while len(nodes := sorted(grid.get_node_ids())) < wanted:
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).", len(nodes), wanted)
             time.sleep(1)
-        for node in nodes:
-            if node not in self._node_index:
-                self._node_index[node] = len(self._nodes)
-                self._nodes.append(node)
+        nodes = self._numbering.ordered(grid, nodes)
         count = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         return [nodes[i] for i in sample_clients(server_round - 1, len(nodes), count, self.seed)]
 
     def _plans(self, server_round: int, nodes: list[int]) -> list[ClientPlan]:
         widths = [self._width_of(node) for node in nodes]
-        return make_round_plans(self.method, server_round - 1, [self._node_index[n] for n in nodes], widths,
+        return make_round_plans(self.method, server_round - 1, [self._numbering.index(n) for n in nodes], widths,
                                 group_sizes=self.layout.group_sizes, num_blocks=self.num_blocks, seed=self.seed,
                                 schedule=self.schedule)
 
@@ -274,7 +281,7 @@ class SubModelStrategy(Strategy):
             if callable(self._width):
                 width = self._width(node)
             elif isinstance(self._width, tuple):
-                index = self._node_index[node]
+                index = self._numbering.index(node)
                 if index >= len(self._width):
                     raise ValueError(f"node {node} is client {index}, but only {len(self._width)} widths were given")
                 width = self._width[index]
@@ -298,14 +305,16 @@ class SubModelStrategy(Strategy):
         params = params if params is not None else self._global
         assert params is not None
         plan_record = PlanRecord.of(self.method, plan, self.layout.group_sizes)
+        per_round = self._round_config(server_round) if self._round_config else {}
         content = RecordDict({
             self.arrayrecord_key: array_record(extract(params, self.layout, plan.indices)),
-            self.configrecord_key: ConfigRecord({**config, "server-round": server_round, **plan_record.to_config()}),
+            self.configrecord_key: ConfigRecord({**config, **per_round, "server-round": server_round,
+                                                 **plan_record.to_config()}),
         })
         return Message(content=content, message_type=kind, dst_node_id=node)
 
     def _node_of(self, client: int) -> int:
-        return self._nodes[client]
+        return self._numbering.node(client)
 
     def _log(self, report: RoundReport) -> None:
         log(INFO, "aggregate_train: %d updates aggregated (%s), %d failed, %d malformed, %d non-finite, %.1f ms",
