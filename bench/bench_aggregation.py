@@ -27,6 +27,8 @@ import torch
 
 from aggregation_cases import Case, copy_buffers, fancy_index_loop, make_case, run_backend
 
+from fedbrb_fast.outputs import atomic_write_text
+
 # (label, backend, accumulation dtype or None for the public aggregate() call)
 BACKENDS = (("torch", "torch", None), ("numba", "numba", None), ("numba-float64-sums", "numba", torch.float64))
 
@@ -100,8 +102,7 @@ def main() -> None:
                 "machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
                 "numba_threads": numba.get_num_threads(), "numba_threading_layer": numba.config.THREADING_LAYER,
                 "torch": torch.__version__, "numba": numba.__version__}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{ph['train']:8.4f} {ph['aggregate']:7.4f} {ph['evaluate']:7.4f} {comm:>14} {r['excluded_updates']:4d} "
               f"{r['last_accuracy']:5.3f}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        from fedbrb_fast.outputs import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['client_updates_per_s']:9.1f} {r.get('speedup_vs_reference', 1.0):7.1f} {r['gather_s']:8.3f} "
               f"{r['train_s']:8.3f} {r['train_gflops']:8.1f} {100 * r['fraction_of_matmul_peak']:6.1f}% {r['peak_rss_mb']:7.0f}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        from fedbrb_fast.outputs import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -24,3 +24,22 @@ def tiny_cfg_dict(tmp_path):
         "train": {"local_epochs": 1, "batch_size": 8, "lr": 0.05},
         "eval": {"every": 1, "batch_size": 256},
     }
+
+
+@pytest.fixture
+def crash_in_round(monkeypatch):
+    """`disarm = crash_in_round(k)`: the simulation dies (SystemExit) when it starts round k
+    (1-based), until `disarm()`."""
+    from fedbrb_fast.engines import Simulation
+
+    def arm(k: int):
+        original = Simulation.run_round
+
+        def run_round(self):
+            if self.round_idx == k - 1:
+                raise SystemExit("simulated crash")
+            return original(self)
+
+        monkeypatch.setattr(Simulation, "run_round", run_round)
+        return lambda: monkeypatch.setattr(Simulation, "run_round", original)
+    return arm

@@ -1,14 +1,26 @@
-"""A Flower Grid that runs a ClientApp in this process, one Context per node: strategies run
-their real `start()` loop without Ray or a SuperLink. A node whose ClientApp raises answers
-with an error reply, as Flower's runtime does."""
+"""Flower test helpers: a Grid that runs a ClientApp in this process, one Context per node
+(strategies run their real `start()` loop without Ray or a SuperLink; a node whose ClientApp
+raises answers with an error reply, as Flower's runtime does), and the task identity that a
+ServerApp run would set."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps messages with the running task's identity (set here as a ServerApp run would)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 class InProcessGrid(Grid):

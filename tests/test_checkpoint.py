@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from fedbrb_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedbrb_fast.config import config_from_dict
-from fedbrb_fast.engines import Simulation
 from fedbrb_fast.outputs import read_metrics
 from fedbrb_fast.runner import CHECKPOINT, MODEL, resume_experiment, run_experiment
 
@@ -70,21 +69,14 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith("sec_")} for r in rows]
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, monkeypatch):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, crash_in_round):
     full = run_experiment(config_from_dict(cfg_dict(tiny_cfg_dict, tmp_path / "full", rounds=5)))
     raw = cfg_dict(tiny_cfg_dict, tmp_path / "crash", rounds=5)
     raw["checkpoint"] = {"every": 2}
-    original = Simulation.run_round
-
-    def crash_in_round_4(self):
-        if self.round_idx == 3:
-            raise SystemExit("simulated crash")
-        return original(self)
-
-    monkeypatch.setattr(Simulation, "run_round", crash_in_round_4)
+    disarm = crash_in_round(4)
     with pytest.raises(SystemExit):
         run_experiment(config_from_dict(raw))
-    monkeypatch.setattr(Simulation, "run_round", original)
+    disarm()
     with open(tmp_path / "crash" / "metrics.jsonl", "a") as f:
         f.write('{"round": 99, "half a li')  # a write cut short by the crash
     assert [r["round"] for r in read_metrics(tmp_path / "crash" / "metrics.jsonl")] == [1, 2, 3]

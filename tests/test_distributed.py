@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from fedbrb_fast.config import ConfigError, config_from_dict
 from fedbrb_fast.data import load_dataset
-from fedbrb_fast.engines import DistributedError, Simulation
+from fedbrb_fast.engines import DistributedError
 from fedbrb_fast.engines.process_group import join_process_group
 from fedbrb_fast.engines.sharding import client_costs, shard_plans
 from fedbrb_fast.models import MLP
@@ -264,19 +264,12 @@ def test_a_hung_rank_fails_the_run_after_the_timeout(tiny_cfg_dict, tmp_path):
             p.wait()
 
 
-def test_a_one_process_checkpoint_resumes_on_two_ranks(tiny_cfg_dict, tmp_path, monkeypatch):
+def test_a_one_process_checkpoint_resumes_on_two_ranks(tiny_cfg_dict, tmp_path, crash_in_round):
     f, raw = config_file(tmp_path, {**tiny_cfg_dict, "rounds": 5, "checkpoint": {"every": 2}}, "grown")
-    original = Simulation.run_round
-
-    def crash_in_round_4(self):
-        if self.round_idx == 3:
-            raise SystemExit("simulated crash")
-        return original(self)
-
-    monkeypatch.setattr(Simulation, "run_round", crash_in_round_4)
+    disarm = crash_in_round(4)
     with pytest.warns(RuntimeWarning, match="world size 1"), pytest.raises(SystemExit):
         run_experiment(config_from_dict(raw))
-    monkeypatch.setattr(Simulation, "run_round", original)
+    disarm()
     finish(launch("run", "--resume", str(tmp_path / "grown")))  # checkpoint of round 2: 1 rank -> 2
     single_process_run(raw, tmp_path, "single")
     assert_close_runs(tmp_path / "grown", tmp_path / "single")

@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.engines import Simulation, build_federated_data
@@ -18,15 +17,9 @@ from fedbrb_fast.models import build_model
 from fedbrb_fast.seeding import STREAM_INIT, STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import train_client
 
-from flower_grid import InProcessGrid
+from flower_grid import InProcessGrid, task_identity
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures(task_identity.__name__)
 
 
 def node_of(partition):

@@ -9,7 +9,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrb_fast.aggregation import ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.integrations.flower import FedBRB, FedRolex, HeteroFL, PlanRecord
@@ -17,17 +16,12 @@ from fedbrb_fast.integrations.flower.node_numbering import NodeNumbering
 from fedbrb_fast.models import MLP, extract
 from fedbrb_fast.plans import make_round_plans, sample_clients
 
+from flower_grid import task_identity
+
+pytestmark = pytest.mark.usefixtures(task_identity.__name__)
+
 STRATEGIES = {"fedbrb": FedBRB, "fedrolex": FedRolex, "heterofl": HeteroFL}
 NODES = [901, 17, 4242, 73, 5, 3100, 64, 12]  # arbitrary ids; clients are numbered in sorted order
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower stamps messages with the running task's identity; a ServerApp run sets it."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 class NodesGrid:
