@@ -123,6 +123,17 @@ cudaError_t launch_apply(int broadcast, void* out, const void* p, const void* a,
   return cudaGetLastError();
 }
 
+// launch(value_t{}, acc_t{}) for each supported pair of a value type (what clients send, or what
+// the model holds) and an accumulation type.
+template <typename Launch>
+cudaError_t dispatch_dtypes(int value_dtype, int acc_dtype, Launch&& launch) {
+  if (acc_dtype == FEDBRB_F32 && value_dtype == FEDBRB_F32) return launch(float{}, float{});
+  if (acc_dtype == FEDBRB_F32 && value_dtype == FEDBRB_F16) return launch(__half{}, float{});
+  if (acc_dtype == FEDBRB_F64 && value_dtype == FEDBRB_F32) return launch(float{}, double{});
+  if (acc_dtype == FEDBRB_F64 && value_dtype == FEDBRB_F64) return launch(double{}, double{});
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 extern "C" cudaError_t fedbrb_scatter_add(int data_dtype, int acc_dtype, void* a, void* c, const void* data,
@@ -131,28 +142,20 @@ extern "C" cudaError_t fedbrb_scatter_add(int data_dtype, int acc_dtype, void* a
                                           int64_t k_width, int64_t inner, int64_t width, int64_t rows_client_stride,
                                           int64_t cols_client_stride, int64_t c_width, int c_rows_reduced,
                                           cudaStream_t stream) {
-#define FEDBRB_SCATTER(data_t, acc_t)                                                                              \
-  launch_scatter_add<data_t, acc_t>(a, c, data, mask, weights, rows, cols, n, k_rows, k_width, inner, width, \
-                                    rows_client_stride, cols_client_stride, c_width, c_rows_reduced, stream)
-  if (acc_dtype == FEDBRB_F32 && data_dtype == FEDBRB_F32) return FEDBRB_SCATTER(float, float);
-  if (acc_dtype == FEDBRB_F32 && data_dtype == FEDBRB_F16) return FEDBRB_SCATTER(__half, float);
-  if (acc_dtype == FEDBRB_F64 && data_dtype == FEDBRB_F32) return FEDBRB_SCATTER(float, double);
-  if (acc_dtype == FEDBRB_F64 && data_dtype == FEDBRB_F64) return FEDBRB_SCATTER(double, double);
-#undef FEDBRB_SCATTER
-  return cudaErrorInvalidValue;
+  return dispatch_dtypes(data_dtype, acc_dtype, [&](auto data_tag, auto acc_tag) {
+    return launch_scatter_add<decltype(data_tag), decltype(acc_tag)>(
+        a, c, data, mask, weights, rows, cols, n, k_rows, k_width, inner, width, rows_client_stride,
+        cols_client_stride, c_width, c_rows_reduced, stream);
+  });
 }
 
 extern "C" cudaError_t fedbrb_apply(int out_dtype, int acc_dtype, int broadcast, void* out, const void* p,
                                     const void* a, const void* c, const void* s, const void* w, int64_t numel,
                                     int64_t width, int c_many_rows, int64_t c_width, int64_t s_rows, int64_t s_width,
                                     int64_t w_rows, int64_t w_width, double lam, cudaStream_t stream) {
-#define FEDBRB_APPLY(out_t, acc_t)                                                                              \
-  launch_apply<out_t, acc_t>(broadcast, out, p, a, c, s, w, numel, width, c_many_rows, c_width, s_rows, s_width, \
-                             w_rows, w_width, lam, stream)
-  if (acc_dtype == FEDBRB_F32 && out_dtype == FEDBRB_F32) return FEDBRB_APPLY(float, float);
-  if (acc_dtype == FEDBRB_F32 && out_dtype == FEDBRB_F16) return FEDBRB_APPLY(__half, float);
-  if (acc_dtype == FEDBRB_F64 && out_dtype == FEDBRB_F32) return FEDBRB_APPLY(float, double);
-  if (acc_dtype == FEDBRB_F64 && out_dtype == FEDBRB_F64) return FEDBRB_APPLY(double, double);
-#undef FEDBRB_APPLY
-  return cudaErrorInvalidValue;
+  return dispatch_dtypes(out_dtype, acc_dtype, [&](auto out_tag, auto acc_tag) {
+    return launch_apply<decltype(out_tag), decltype(acc_tag)>(broadcast, out, p, a, c, s, w, numel, width,
+                                                              c_many_rows, c_width, s_rows, s_width, w_rows,
+                                                              w_width, lam, stream);
+  });
 }

@@ -12,10 +12,9 @@ from fedbrb_fast.engines import Simulation, build_federated_data
 from fedbrb_fast.integrations.flower import (ConfigPartitions, PlanRecord, client_app_from_config, global_evaluate_fn,
                                              strategy_from_config)
 from fedbrb_fast.integrations.flower.records import array_record
-from fedbrb_fast.integrations.flower.from_config import local_training
 from fedbrb_fast.models import build_model
 from fedbrb_fast.seeding import STREAM_INIT, STREAM_TRAIN, torch_generator
-from fedbrb_fast.training import train_client
+from fedbrb_fast.training import LocalTraining, train_client
 
 from flower_grid import InProcessGrid, task_identity
 
@@ -55,9 +54,8 @@ def test_client_trains_its_sub_model_as_the_reference_does(setup):
         reply = app(msg, context(partition))
         plan = PlanRecord.from_config(msg.content["config"])
         x, y = data.client_data(partition)
-        hp = local_training(cfg)
         expected = train_client(model, msg.content["arrays"].to_torch_state_dict(), x, y, beta=plan.width,
-                                hp=type(hp)(**{**hp.__dict__, "lr": 0.07}),
+                                hp=LocalTraining.of(cfg.train, 0.07),
                                 generator=torch_generator(cfg.seed, STREAM_TRAIN, 1, partition))
         got = reply.content["arrays"].to_torch_state_dict()
         assert all(torch.equal(got[k], expected.params[k]) for k in expected.params)

@@ -395,3 +395,14 @@ def test_node_order_numbering_asks_nothing():
     assert numbering.ordered(NodesGrid([]), [5, 30]) == [30, 5]  # 5 came later
     with pytest.raises(ValueError, match="client_ids"):
         NodeNumbering("by-name", query_timeout=5)
+
+
+def test_local_training_round_trips_through_the_config_record():
+    from fedbrb_fast.integrations.flower.records import training_config, training_from_config
+    from fedbrb_fast.training import LocalTraining
+
+    sent = LocalTraining(3, 16, 0.07, 0.5, 1e-3, clip_norm=9.0)
+    node_default = LocalTraining(1, 10, 0.01, 0.9, 5e-4, clip_norm=2.0)
+    got = training_from_config(ConfigRecord(training_config(sent)), node_default)
+    assert got == LocalTraining(3, 16, 0.07, 0.5, 1e-3, clip_norm=2.0)  # clipping stays the node's own
+    assert training_from_config(ConfigRecord(), node_default) == node_default

@@ -98,8 +98,7 @@ class Simulation:
         lr = lr_at(t, lr=cfg.train.lr, schedule=cfg.train.lr_schedule, milestones=cfg.train.lr_milestones,
                    gamma=cfg.train.lr_gamma)
         ctx = RoundContext(round_idx=t, seed=cfg.seed, model=self.model, data=self.data,
-                           local=LocalTraining(cfg.train.local_epochs, cfg.train.batch_size, lr, cfg.train.momentum,
-                                               cfg.train.weight_decay, cfg.train.clip_norm),
+                           local=LocalTraining.of(cfg.train, lr),
                            weighting=cfg.clients.weighting, label_masking=cfg.clients.label_mask)
         f = cfg.faults
         dropped = pick_clients(clients, f.dropout, cfg.seed, t, salt=1)

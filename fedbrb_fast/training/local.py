@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import TrainConfig
 from ..models import Model
 
 
@@ -22,6 +23,11 @@ class LocalTraining:
     momentum: float
     weight_decay: float
     clip_norm: float | None = None
+
+    @classmethod
+    def of(cls, train: TrainConfig, lr: float) -> LocalTraining:
+        """A round's hyper-parameters from the [train] section; `lr` is that round's (its schedule)."""
+        return cls(train.local_epochs, train.batch_size, lr, train.momentum, train.weight_decay, train.clip_norm)
 
 
 @dataclass(frozen=True)

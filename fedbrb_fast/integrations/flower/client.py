@@ -13,7 +13,7 @@ from ...models import Model
 from ...seeding import STREAM_TRAIN, torch_generator
 from ...training import LocalTraining, evaluate, train_client
 from .node_numbering import client_id_reply
-from .records import PlanRecord, array_record, decode_arrays, single_record
+from .records import PlanRecord, array_record, decode_arrays, single_record, training_from_config
 
 DataFn = Callable[[Context], tuple[Tensor, Tensor]]
 
@@ -42,11 +42,7 @@ def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, lo
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         config, plan, params = received(msg)
-        hp = LocalTraining(epochs=int(config.get("local-epochs", local.epochs)),
-                           batch_size=int(config.get("batch-size", local.batch_size)),
-                           lr=float(config.get("lr", local.lr)), momentum=float(config.get("momentum", local.momentum)),
-                           weight_decay=float(config.get("weight-decay", local.weight_decay)),
-                           clip_norm=local.clip_norm)
+        hp = training_from_config(config, local)
         x, y = load_data(context)
         server_round = int(config.get("server-round", 1))
         partition = int(context.node_config.get("partition-id", 0))

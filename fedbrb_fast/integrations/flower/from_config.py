@@ -17,6 +17,7 @@ from ...plans import assign_widths
 from ...schedules import lam_at, lr_at
 from ...training import LocalTraining
 from .client import make_client_app
+from .records import training_config
 from .strategy import FedBRB, FedRolex, HeteroFL, SubModelStrategy
 
 STRATEGIES: dict[str, type[SubModelStrategy]] = {"fedbrb": FedBRB, "fedrolex": FedRolex, "heterofl": HeteroFL}
@@ -54,20 +55,13 @@ class RoundConfig:
 
     def __call__(self, server_round: int) -> dict[str, object]:
         t = self.cfg.train
-        return {"lr": lr_at(server_round - 1, lr=t.lr, schedule=t.lr_schedule, milestones=t.lr_milestones,
-                            gamma=t.lr_gamma),
-                "local-epochs": t.local_epochs, "batch-size": t.batch_size, "momentum": t.momentum,
-                "weight-decay": t.weight_decay}
-
-
-def local_training(cfg: ExperimentConfig) -> LocalTraining:
-    t = cfg.train
-    return LocalTraining(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.clip_norm)
+        lr = lr_at(server_round - 1, lr=t.lr, schedule=t.lr_schedule, milestones=t.lr_milestones, gamma=t.lr_gamma)
+        return training_config(LocalTraining.of(t, lr))
 
 
 def client_app_from_config(cfg: ExperimentConfig, model: Model) -> ClientApp:
-    return make_client_app(model, ConfigPartitions(cfg), local=local_training(cfg), seed=cfg.seed,
-                           eval_batch_size=cfg.eval.batch_size)
+    return make_client_app(model, ConfigPartitions(cfg), local=LocalTraining.of(cfg.train, cfg.train.lr),
+                           seed=cfg.seed, eval_batch_size=cfg.eval.batch_size)
 
 
 def strategy_from_config(cfg: ExperimentConfig, model: Model, **kwargs: Any) -> SubModelStrategy:

@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from torch import Tensor
 
 from ...plans import ClientPlan, window
+from ...training import LocalTraining
 
 _FLOAT_DTYPES = {"float16", "float32", "float64"}
 
@@ -66,6 +67,22 @@ class PlanRecord:
         if not 0 < width <= 1 or any(not (0 <= s < n and 1 <= k <= n) for s, k, n in zip(starts, sizes, groups)):
             raise ValueError(f"plan out of range: width {width}, windows {list(zip(starts, sizes))} of {groups}")
         return cls(method, width, starts, sizes, groups)
+
+
+def training_config(hp: LocalTraining) -> dict[str, object]:
+    """A round's local training as ConfigRecord entries (clipping stays the node's own)."""
+    return {"lr": hp.lr, "local-epochs": hp.epochs, "batch-size": hp.batch_size, "momentum": hp.momentum,
+            "weight-decay": hp.weight_decay}
+
+
+def training_from_config(config: ConfigRecord | Mapping[str, object], defaults: LocalTraining) -> LocalTraining:
+    """The local training that `training_config` entries in `config` set, `defaults` elsewhere."""
+    return LocalTraining(epochs=int(config.get("local-epochs", defaults.epochs)),  # type: ignore[arg-type]
+                         batch_size=int(config.get("batch-size", defaults.batch_size)),  # type: ignore[arg-type]
+                         lr=float(config.get("lr", defaults.lr)),  # type: ignore[arg-type]
+                         momentum=float(config.get("momentum", defaults.momentum)),  # type: ignore[arg-type]
+                         weight_decay=float(config.get("weight-decay", defaults.weight_decay)),  # type: ignore[arg-type]
+                         clip_norm=defaults.clip_norm)
 
 
 def array_record(params: Mapping[str, Tensor]) -> ArrayRecord:
