@@ -36,10 +36,10 @@ Width = float | Sequence[float] | Callable[[int], float]
 
 @dataclass
 class RoundReport:
-    """What happened to one round's replies, by node id."""
+    """What happened to one round's replies, by node id: every sampled node is in exactly one of
+    included, failed, malformed and non_finite (malformed also names nodes that were not sampled)."""
 
     server_round: int
-    sampled: int
     included: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # error replies and nodes that never answered
     malformed: dict[int, str] = field(default_factory=dict)
@@ -131,7 +131,7 @@ class SubModelStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         start = time.perf_counter()
-        report = RoundReport(server_round, sampled=len(self._pending))
+        report = RoundReport(server_round)
         assert self._global is not None
         stacks = ReplyStacks(self._pending, self.layout, {k: v.dtype for k, v in self._global.items()},
                              self._reply_buffers)
