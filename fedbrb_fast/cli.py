@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .checkpoint import CheckpointError
-from .config import METHODS, ConfigError, load_config
+from .config import ConfigError, load_config
+from .methods import METHODS
 from .engines import DistributedError, is_main_process
 from .runner import RunInterrupted, compare_methods, resume_experiment, run_experiment
 

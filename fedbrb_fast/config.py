@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-METHODS = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small")
+from .methods import METHODS, Method, uneven_groups
+
 IMAGE_DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "cifar100")
 VECTOR_DATASETS = ("mnist1d", "synthetic")
 LOCAL_FILE_DATASETS = ("mnist", "cifar10", "cifar100")
@@ -80,7 +81,7 @@ class ClientsConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small"] = "fedbrb"
+    name: Method = "fedbrb"
     schedule: Literal["shear", "diagonal"] = "shear"
     lam: float = Field(0.5, ge=0, le=1)
     lam_schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -185,9 +186,8 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     for w in widths:
         if (w * k).denominator != 1:
             out.append(f"clients.widths: width {float(w):g} is not a whole number of blocks of 1/{k}")
-    for g, n in enumerate(sizes):
-        if n % k:
-            out.append(f"model.hidden: hidden size {n} (group {g}) is not divisible by K = {k} blocks")
+    for g in uneven_groups(sizes, k):
+        out.append(f"model.hidden: hidden size {sizes[g]} (group {g}) is not divisible by K = {k} blocks")
     if out:
         return out
 

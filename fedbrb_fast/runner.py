@@ -16,8 +16,9 @@ from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import METHODS, ConfigError, ExperimentConfig, config_from_dict, config_to_toml, load_config
+from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_toml, load_config
 from .data import FederatedData
+from .methods import METHODS
 from .engines import Simulation, build_federated_data, is_main_process
 from .outputs import RunWriter, atomic_write_bytes, atomic_write_text, comparison_table, plot_accuracy, summarize
 

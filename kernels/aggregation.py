@@ -22,14 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def expand_reduced(reduced: Tensor, shape: tuple[int, int] | torch.Size) -> Tensor:
-    """A reduced [1 or rows, 1 or cols or width] array as [rows, width]: one C column stands for
-    `width / c_width` consecutive elements."""
-    rows, width = shape
-    per_col = width // reduced.shape[1]
-    cols = reduced.repeat_interleave(per_col, dim=1) if 1 < per_col < width else reduced
-    return cols.expand(rows, width)
+from ..aggregation.sums import expand_reduced
 
 
 def scatter_add_reference(a: Tensor, c: Tensor, data: Tensor, weights: Tensor, rows: Tensor, cols: Tensor,

@@ -1,4 +1,4 @@
-"""The streaming accumulator: clients one at a time, partial sums A, C, S, W as SPEC §5 defines them,
+"""The streaming accumulator: clients one at a time, partial sums A, C, S, W as docs/algorithm.md#aggregation defines them,
 merging accumulators (what the distributed engine all-reduces)."""
 
 import pytest
@@ -13,7 +13,7 @@ OVERLAP = AggregationRule("overlap")
 
 
 def spec_sums(params, layout, updates, rule):
-    """A, C, S, W straight from SPEC §5, one client and element at a time."""
+    """A, C, S, W straight from docs/algorithm.md#aggregation, one client and element at a time."""
     out = {}
     for spec in layout.params:
         p = params[spec.name]

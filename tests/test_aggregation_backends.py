@@ -1,4 +1,4 @@
-"""Every CPU backend against the plain-torch reference on the same inputs (SPEC §5)."""
+"""Every CPU backend against the plain-torch reference on the same inputs (docs/algorithm.md#aggregation)."""
 
 import pytest
 import torch

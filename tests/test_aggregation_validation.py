@@ -7,7 +7,7 @@ import pytest
 import torch
 from aggregation_rounds import NUM_BLOCKS, batched, make_round
 
-from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientBatch, aggregate, batch_validation
+from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientBatch, aggregate, validation
 
 RULE = AggregationRule("broadcast", lam=0.5, num_blocks=NUM_BLOCKS)
 
@@ -66,7 +66,7 @@ def test_batched_checks_raise_the_reference_error(case):
 
 def test_valid_batches_skip_the_per_client_reference(monkeypatch):
     layout, params, batch = first_batch()
-    monkeypatch.setattr(batch_validation, "validate_updates", lambda *a: pytest.fail("unbound a valid batch"))
+    monkeypatch.setattr(validation, "validate_updates", lambda *a: pytest.fail("unbound a valid batch"))
     aggregate(params, layout, [batch], RULE, backend="numba")
 
 

@@ -1,13 +1,16 @@
-"""Aggregation: the rules of SPEC §5 (plain-torch reference), their input validation, and the fused
-backends behind one dispatch (streaming `Accumulator`, framework-agnostic `aggregate_arrays`)."""
+"""Aggregation: the rules of docs/algorithm.md#aggregation (plain-torch reference), their input
+validation, and the fused backends behind one dispatch (`aggregate`, the streaming `Accumulator`,
+framework-agnostic `aggregate_arrays`)."""
 
 from .accumulator import Accumulator
-from .api import aggregate_arrays
+from .api import aggregate, aggregate_arrays
 from .backends import BACKENDS
+from .errors import AggregationError, AggregationOverflow
 from .portable import Update, tensor_layout
-from .rules import AggregationResult, AggregationRule, aggregate, rule_for_method
+from .rule import AggregationResult, AggregationRule, rule_for_method
 from .sums import PartialSums
-from .updates import AggregationError, AggregationOverflow, ClientBatch, ClientUpdate, as_updates, non_finite_tensors, validate_updates
+from .updates import ClientBatch, ClientUpdate, as_updates
+from .validation import non_finite_tensors, validate_updates
 
 __all__ = [
     "BACKENDS", "Accumulator", "AggregationError", "AggregationOverflow", "AggregationResult", "AggregationRule", "ClientBatch",

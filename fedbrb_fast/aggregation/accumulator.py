@@ -1,5 +1,5 @@
 """Streaming aggregation: add clients in any grouping (bounded memory), read or merge the partial
-sums A, C, S, W (SPEC §5), finalize the new global model.
+sums A, C, S, W (docs/algorithm.md#aggregation), finalize the new global model.
 
 Non-finite updates are excluded, and the sums end up exactly as if they had never been sent. The
 first add into empty sums, or an add at least as large as the sums, runs optimistically: one pass,
@@ -21,14 +21,15 @@ from torch import Tensor
 
 from ..models.layout import ModelLayout
 from .backends import get_backend
-from .batch_validation import check_items
 from .geometry import TensorGeometry
 from .portable import Update, as_tensor, client_update, tensor_layout
 from .ranges import nvtx_range
-from .rules import AggregationResult, AggregationRule
+from .errors import AggregationError, AggregationOverflow
+from .rule import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums
-from .updates import AggregationError, AggregationOverflow, ClientBatch, ClientUpdate, validate_updates
+from .updates import ClientBatch, ClientUpdate
+from .validation import check_items, validate_updates
 
 Item = ClientUpdate | ClientBatch | Update
 
@@ -50,11 +51,7 @@ class Accumulator:
         if not isinstance(layout, ModelLayout):
             layout = tensor_layout({k: tuple(v.shape) for k, v in params.items()}, layout)
         validate_updates(params, layout, [])  # the reference's checks of the global tensors
-        if rule.kind == "broadcast":
-            for g, n in enumerate(layout.group_sizes):
-                if n % rule.num_blocks:
-                    raise AggregationError(
-                        f"channel group {g} of size {n} does not split into {rule.num_blocks} blocks")
+        rule.check_groups(layout.group_sizes)
         self._device = params[layout.names[0]].device if layout.names else torch.device("cpu")
         self._backend = get_backend(backend, self._device)
         self.backend: str = self._backend.name

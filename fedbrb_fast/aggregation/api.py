@@ -1,24 +1,34 @@
-"""One-call aggregation through the fused backends: for the project's updates (`aggregate(...,
-backend=...)` lands here) and for framework-agnostic `Update`s over torch or numpy arrays."""
+"""One entry point for aggregation: the plain-torch reference or a fused backend, for the project's
+updates (`aggregate`) and for framework-agnostic `Update`s over torch or numpy arrays
+(`aggregate_arrays`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torch import Tensor
+
 from ..models.layout import ModelLayout
 from .accumulator import Accumulator
-from .batch_validation import check_items
 from .portable import Update, sliced_axes_of
 from .ranges import nvtx_range
-from .rules import AggregationResult, AggregationRule
+from .rule import AggregationResult, AggregationRule
+from .rules import aggregate_reference
 from .updates import ClientBatch, ClientUpdate
+from .validation import check_items
 
 
-def aggregate_with_backend(global_params: Mapping[str, Any], layout: ModelLayout,
-                           updates: Sequence[ClientUpdate | ClientBatch], rule: AggregationRule,
-                           backend: str) -> AggregationResult:
-    """Same checks in the same order as the reference (updates, then the rule's block count)."""
+def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates: Sequence[ClientUpdate | ClientBatch],
+              rule: AggregationRule, *, backend: str = "reference") -> AggregationResult:
+    """Validate everything first, drop non-finite updates, then apply the rule.
+
+    `backend="reference"` runs the plain-torch rule (`rules.py`); "torch", "numba", "triton", "cuda"
+    or "auto" (the fastest available on the parameters' device) run the fused backends, which give
+    the same result within float tolerance (`AggregationResult.backend` names the one used). Both
+    make the same checks in the same order (updates, then the rule's block count)."""
+    if backend == "reference":
+        return aggregate_reference(global_params, layout, updates, rule)
     items = list(updates)
     with nvtx_range("aggregate.validate"):
         check_items(global_params, layout, items)

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec
-from .updates import AggregationError, ClientUpdate
+from .errors import AggregationError
+from .updates import ClientUpdate
 
 # An index set (1-d integer array, tensor or list) or a window `(start, size)` that wraps around.
 AxisSlice = Sequence[int] | np.ndarray | Tensor | tuple[int, int]

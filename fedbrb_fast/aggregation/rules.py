@@ -1,63 +1,27 @@
-"""The aggregation rules of SPEC §5 in plain torch: the reference every fast backend matches.
-
-Clarity over speed: one fancy-indexed accumulation per client and tensor.
+"""The aggregation rules of docs/algorithm.md#aggregation in plain torch: the reference every fast
+backend matches. Clarity over speed: one fancy-indexed accumulation per client and tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec, gather_tensor
-from .updates import AggregationError, AggregationOverflow, ClientBatch, ClientUpdate, as_updates, non_finite_tensors, validate_updates
+from .errors import AggregationOverflow
+from .rule import AggregationResult, AggregationRule
+from .updates import ClientBatch, ClientUpdate, as_updates
+from .validation import non_finite_tensors, validate_updates
 
 
-@dataclass(frozen=True)
-class AggregationRule:
-    """`overlap`: average over the clients covering each element. `broadcast`: FedBRB's weighted
-    broadcast with weight `lam` over a tile layout of `num_blocks` blocks per sliced axis."""
-
-    kind: str = "overlap"
-    lam: float = 0.0
-    num_blocks: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("overlap", "broadcast"):
-            raise AggregationError(f"unknown aggregation rule {self.kind!r}; expected 'overlap' or 'broadcast'")
-        if not 0.0 <= self.lam <= 1.0:
-            raise AggregationError(f"lam must lie in [0, 1], got {self.lam}")
-        if self.num_blocks < 1:
-            raise AggregationError(f"num_blocks must be >= 1, got {self.num_blocks}")
-
-
-@dataclass(frozen=True)
-class AggregationResult:
-    params: dict[str, Tensor]  # the new global model (fresh tensors, or numpy arrays for numpy inputs)
-    included: list[int]
-    excluded: dict[int, str] = field(default_factory=dict)  # client -> why it was left out
-    backend: str = "reference"  # which backend computed it (what "auto" picked)
-
-
-def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates: Sequence[ClientUpdate | ClientBatch],
-              rule: AggregationRule, *, backend: str = "reference") -> AggregationResult:
-    """Validate everything first, drop non-finite updates, then apply the rule.
-
-    `backend="reference"` runs the plain-torch code below; "torch", "numba", "triton", "cuda" or
-    "auto" (the fastest available on the parameters' device) run the fused backends, which give
-    the same result within float tolerance (`AggregationResult.backend` names the one used)."""
-    if backend != "reference":
-        from .api import aggregate_with_backend  # imported here: the backends build on this module
-
-        return aggregate_with_backend(global_params, layout, updates, rule, backend)
+def aggregate_reference(global_params: Mapping[str, Tensor], layout: ModelLayout,
+                        updates: Sequence[ClientUpdate | ClientBatch], rule: AggregationRule) -> AggregationResult:
+    """Validate everything first, drop non-finite updates, then apply the rule."""
     updates = as_updates(updates)
     validate_updates(global_params, layout, updates)
-    if rule.kind == "broadcast":
-        for g, n in enumerate(layout.group_sizes):
-            if n % rule.num_blocks:
-                raise AggregationError(f"channel group {g} of size {n} does not split into {rule.num_blocks} blocks")
+    rule.check_groups(layout.group_sizes)
     excluded = {}
     for u in updates:
         bad = non_finite_tensors(u)
@@ -127,10 +91,3 @@ def _broadcast(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate], lam:
     num = (1 - lam) * a_sum + lam * s_sum.repeat(reps)
     den = (1 - lam) * c_sum + lam * w_sum.repeat(reps)
     return torch.where(den > 0, p + num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
-
-
-def rule_for_method(method: str, lam: float, num_blocks: int) -> AggregationRule:
-    """FedBRB aggregates by weighted broadcast; every baseline by overlap averaging."""
-    if method == "fedbrb":
-        return AggregationRule("broadcast", lam=lam, num_blocks=num_blocks)
-    return AggregationRule("overlap")

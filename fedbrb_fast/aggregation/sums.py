@@ -1,4 +1,4 @@
-"""The additive sums of SPEC §5 for one tensor: accumulated as A and C, pooled into S and W.
+"""The additive sums of docs/algorithm.md#aggregation for one tensor: accumulated as A and C, pooled into S and W.
 
 A (global shape) is accumulated as the sum of w_i * theta_i under both rules: every client covering
 an element was given the same global value p there, so the spec's sum of w_i * delta_i is
@@ -20,8 +20,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels.aggregation import expand_reduced
 from .geometry import TensorGeometry
+
+
+def expand_reduced(reduced: Tensor, shape: tuple[int, int] | torch.Size) -> Tensor:
+    """A reduced [1 or rows, 1 or cols or width] array as [rows, width]: one C column stands for
+    `width / c_width` consecutive elements."""
+    rows, width = shape
+    per_col = width // reduced.shape[1]
+    cols = reduced.repeat_interleave(per_col, dim=1) if 1 < per_col < width else reduced
+    return cols.expand(rows, width)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The distributed engine: a round's clients split over the ranks of a torch.distributed process
-group (SPEC §5: every aggregation quantity is a sum).
+group (docs/algorithm.md#aggregation: every aggregation quantity is a sum).
 
 Each rank plans the whole round (planning is deterministic), trains its shard with the batched
 engine and accumulates its clients' partial sums A and C. One all-reduce per round adds up those

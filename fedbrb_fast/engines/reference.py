@@ -1,4 +1,4 @@
-"""The reference engine: one client at a time, autograd on its own sub-model (SPEC §4).
+"""The reference engine: one client at a time, autograd on its own sub-model (docs/algorithm.md#local-training).
 
 Every fast engine is tested against this one on the same plans and data order.
 """

@@ -20,17 +20,8 @@ from ..data import FederatedData
 from ..engines import build_federated_data
 from ..outputs import atomic_write_text, read_metrics
 from ..runner import CHECKPOINT, run_experiment
-from .suite import RunSpec, Suite, data_key, expand_runs, result_key
+from .suite import RunOutcome, RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    spec: RunSpec
-    summary: dict[str, Any]
-    rows: list[dict[str, Any]]
-    reused: bool  # finished by an earlier invocation
-    shared_with: RunSpec | None = None  # the run with the same result_key whose result this is
 
 
 def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, command: str,

@@ -23,11 +23,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import METHODS, ConfigError, ExperimentConfig, apply_overrides, config_from_dict
+from ..config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict
+from ..methods import METHODS, Method
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names become folder names
 Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=80)]
-Method = Literal["fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small"]
 
 
 class SuiteError(ConfigError):
@@ -146,6 +146,15 @@ class RunSpec:
         return Path(self.scenario) / self.arm / f"seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    spec: RunSpec
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    reused: bool  # finished by an earlier invocation
+    shared_with: RunSpec | None = None  # the run with the same result_key whose result this is
+
+
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
@@ -219,7 +228,7 @@ def data_key(cfg: ExperimentConfig) -> tuple:
 
 def result_key(cfg: ExperimentConfig) -> str:
     """Everything that decides a run's result: runs with equal keys compute the same thing and run
-    once. fedavg trains the whole model on every client (SPEC §3), so the client widths play no
+    once. fedavg trains the whole model on every client (docs/algorithm.md#extraction), so the client widths play no
     part in it: scenarios that differ only in widths share its run."""
     raw = cfg.model_dump(mode="json", exclude={"name", "output_dir"})
     if cfg.method.name == "fedavg":

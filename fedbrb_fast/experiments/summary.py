@@ -9,19 +9,17 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..config import METHODS, ExperimentConfig
+from ..config import ExperimentConfig
+from ..methods import METHODS
 from .coverage import IN_GROUP, OUT_GROUP, replay_coverage
 from .formatting import format_widths
 from .plots import plot_coverage, plot_scenario_curves
 from .stats import arm_result
-from .suite import Suite
-
-if TYPE_CHECKING:
-    from .execute import RunOutcome
+from .suite import RunOutcome, Suite
 
 SUMMARY_VERSION = 2  # bump when the report needs a field older summaries lack
 

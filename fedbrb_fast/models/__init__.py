@@ -16,7 +16,7 @@ Model = MLP | CNN
 
 def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> Model:
     """The global model of an experiment. For fedavg_small the global model itself has width
-    beta_min (SPEC §3), so its hidden sizes are divided by K here."""
+    beta_min (docs/algorithm.md#extraction), so its hidden sizes are divided by K here."""
     hidden = cfg.model.hidden_sizes
     if cfg.method.name == "fedavg_small":
         hidden = [n // cfg.num_blocks for n in hidden]

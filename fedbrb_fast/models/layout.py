@@ -1,4 +1,4 @@
-"""Which axes of which parameter are sliced, and by which channel group (SPEC §2).
+"""Which axes of which parameter are sliced, and by which channel group (docs/algorithm.md#blocks).
 
 A client model is the gather of every global tensor on the plan's channel indices along its
 sliced axes; nothing else about the architecture is needed to extract or aggregate it.

@@ -1,4 +1,4 @@
-"""How often each weight element / tile between two channel groups was trained (SPEC §2, §3)."""
+"""How often each weight element / tile between two channel groups was trained (docs/algorithm.md#blocks, #extraction)."""
 
 from __future__ import annotations
 

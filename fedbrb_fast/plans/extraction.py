@@ -1,4 +1,4 @@
-"""Which channels each client gets in a round, for every method (SPEC §3).
+"""Which channels each client gets in a round, for every method (docs/algorithm.md#extraction).
 
 A plan is one int64 index tensor per channel group. The order of the indices is the order of the
 client's channels; the same tensor slices a group's out-axis in one layer and its in-axis in the
@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..methods import METHODS
 from ..seeding import STREAM_PLAN, torch_generator
-
-METHODS = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg", "fedavg_small")
 
 
 @dataclass(frozen=True)

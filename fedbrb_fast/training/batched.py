@@ -1,4 +1,4 @@
-"""Local training of many same-width clients in lock-step (SPEC §4), on stacked tensors.
+"""Local training of many same-width clients in lock-step (docs/algorithm.md#local-training), on stacked tensors.
 
 Each client sees exactly the minibatches the reference loop gives it (same generator, same
 `epoch_orders`); short batches are padded and masked. Clients are ordered by decreasing number

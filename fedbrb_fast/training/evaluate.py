@@ -1,4 +1,4 @@
-"""Global-model test accuracy and loss (SPEC §6)."""
+"""Global-model test accuracy and loss (docs/algorithm.md#evaluation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Local training of one client on its sub-model with autograd (SPEC §4): the reference."""
+"""Local training of one client on its sub-model with autograd (docs/algorithm.md#local-training): the reference."""
 
 from __future__ import annotations
 

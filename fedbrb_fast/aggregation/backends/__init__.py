@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from ..updates import AggregationError
+from ..errors import AggregationError
 from .base import Backend
 
 BACKENDS = ("reference", "torch", "numba", "triton", "cuda", "auto")

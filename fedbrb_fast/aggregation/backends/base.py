@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from torch import Tensor
 
+from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
-
-if TYPE_CHECKING:
-    from ..rules import AggregationRule
 
 ApplyOverlap = Callable[[Tensor, Tensor, Tensor], Tensor]
 ApplyBroadcast = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]

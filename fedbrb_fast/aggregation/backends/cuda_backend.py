@@ -10,7 +10,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..rules import AggregationRule
+from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
 from .base import finalize_stepwise

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..rules import AggregationRule
+from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
 from . import numba_kernels

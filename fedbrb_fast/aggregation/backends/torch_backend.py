@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ...kernels.aggregation import apply_broadcast_reference, apply_overlap_reference
-from ..rules import AggregationRule
+from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
 from .base import finalize_stepwise

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...kernels import aggregation_triton
-from ..rules import AggregationRule
+from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
 from .base import finalize_stepwise

@@ -1,7 +1,7 @@
 """Flower ServerApp strategies for sub-model training: every sampled node gets its own sub-model
 (ArrayRecord) and plan (ConfigRecord), and the replies go through the fast aggregation API.
 
-FedBRB aggregates by weighted broadcast, FedRolex and HeteroFL by overlap averaging (SPEC §5).
+FedBRB aggregates by weighted broadcast, FedRolex and HeteroFL by overlap averaging (docs/algorithm.md#aggregation).
 Sampling and plans are seeded and depend only on the round and the nodes' client numbers
 (node_numbering.py), so a run is reproducible. Failed replies (errors, timeouts) and malformed
 ones (unknown node, wrong tensors, bad weight) are counted and skipped; updates with NaN/Inf are
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ...aggregation import Accumulator, AggregationOverflow, ClientBatch, rule_for_method
 from ...aggregation.backends import BACKENDS
+from ...methods import uneven_groups
 from ...models.layout import ModelLayout, extract
 from ...plans import ClientPlan, make_round_plans, sample_clients
 from .records import MalformedReply, PlanRecord, array_record, decode_into, reply_metric, reply_weight, single_record
@@ -295,7 +296,7 @@ class SubModelStrategy(Strategy):
         if not 0 < width <= 1 or abs(blocks - round(blocks)) > 1e-9:
             raise ValueError(f"{what} = {width} must be in (0, 1] and a multiple of 1/K = 1/{self.num_blocks}")
         if self.method == "fedbrb":
-            uneven = [n for n in self.layout.group_sizes if n % self.num_blocks]
+            uneven = [self.layout.group_sizes[g] for g in uneven_groups(self.layout.group_sizes, self.num_blocks)]
             if uneven:
                 raise ValueError(f"fedbrb: channel groups {uneven} do not split into K = {self.num_blocks} blocks")
         return float(width)

@@ -1,0 +1,52 @@
+"""An aggregation rule and what applying it returns (docs/algorithm.md#aggregation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..methods import uneven_groups
+from .errors import AggregationError
+
+
+@dataclass(frozen=True)
+class AggregationRule:
+    """`overlap`: average over the clients covering each element. `broadcast`: FedBRB's weighted
+    broadcast with weight `lam` over a tile layout of `num_blocks` blocks per sliced axis."""
+
+    kind: str = "overlap"
+    lam: float = 0.0
+    num_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("overlap", "broadcast"):
+            raise AggregationError(f"unknown aggregation rule {self.kind!r}; expected 'overlap' or 'broadcast'")
+        if not 0.0 <= self.lam <= 1.0:
+            raise AggregationError(f"lam must lie in [0, 1], got {self.lam}")
+        if self.num_blocks < 1:
+            raise AggregationError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+    def check_groups(self, group_sizes: Sequence[int]) -> None:
+        """The broadcast rule tiles every channel group into `num_blocks` equal blocks."""
+        if self.kind != "broadcast":
+            return
+        for g in uneven_groups(group_sizes, self.num_blocks):
+            raise AggregationError(f"channel group {g} of size {group_sizes[g]} does not split into "
+                                   f"{self.num_blocks} blocks")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    params: dict[str, Tensor]  # the new global model (fresh tensors, or numpy arrays for numpy inputs)
+    included: list[int]
+    excluded: dict[int, str] = field(default_factory=dict)  # client -> why it was left out
+    backend: str = "reference"  # which backend computed it (what "auto" picked)
+
+
+def rule_for_method(method: str, lam: float, num_blocks: int) -> AggregationRule:
+    """FedBRB aggregates by weighted broadcast; every baseline by overlap averaging."""
+    if method == "fedbrb":
+        return AggregationRule("broadcast", lam=lam, num_blocks=num_blocks)
+    return AggregationRule("overlap")
