@@ -114,7 +114,9 @@ def test_a_flower_run_equals_the_simulation(setup, method):
     assert flower_acc == pytest.approx(sim_acc, abs=1e-9)
     final = result.arrays.to_torch_state_dict()
     for k, v in sim.params.items():
-        torch.testing.assert_close(final[k], v, rtol=1e-5, atol=1e-6, msg=k)
+        # the strategy adds replies as per-shape stacks, the simulation client by client: float32
+        # sums in another order differ by a few ulps of values up to ~4 (seen: 1.7e-6 after 3 rounds)
+        torch.testing.assert_close(final[k], v, rtol=1e-5, atol=1e-5, msg=k)
     assert all(report.metrics()["replies-ok"] == cfg.clients.per_round for report in strategy.reports.values())
 
 
