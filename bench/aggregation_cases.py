@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fedbrb_fast.aggregation import Accumulator, AggregationRule, ClientBatch, aggregate
-from fedbrb_fast.models import CNN, MLP, ModelLayout
+from fedbrb_fast.models import CNN, MLP, Model, ModelLayout
 from fedbrb_fast.models.stacked import gather_stacked
 from fedbrb_fast.plans import make_round_plans
 
@@ -50,6 +50,7 @@ class Case:
 
 def make_case(name: str, scale: float = 1.0) -> Case:
     """`scale` shrinks the client count (quick runs); 1.0 is the benchmark's full size."""
+    model: Model
     if name == "mlp":
         model, clients, width = MLP(784, [1024, 1024], 10, norm="bn"), 1000, 1 / 8
     elif name == "cnn":
@@ -92,7 +93,7 @@ def fancy_index_loop(case: Case) -> dict[str, Tensor]:
         stacked = batch.params[spec.name]
         for i, w in enumerate(weights):
             idx = [batch.indices[g][i] if g is not None else torch.arange(n)
-                   for n, g in zip(spec.shape, spec.axis_groups)]
+                   for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
             mesh = torch.meshgrid(*idx, indexing="ij")
             tmp[mesh] += w * stacked[i]
             count[mesh] += w

@@ -15,6 +15,7 @@ compare the ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -24,7 +25,6 @@ from pathlib import Path
 
 import numba
 import torch
-
 from aggregation_cases import Case, copy_buffers, fancy_index_loop, make_case, run_backend
 
 from fedbrb_fast.outputs import atomic_write_text
@@ -51,7 +51,7 @@ def bench_case(case: Case, kind: str, repeats: int, baseline_repeats: int) -> di
     rows = {}
     for label, backend, dtype in BACKENDS:
         copy_times += run_times(lambda: dst.copy_(src), repeats)
-        times = run_times(lambda backend=backend, dtype=dtype: run_backend(case, kind, backend, dtype), repeats)
+        times = run_times(functools.partial(run_backend, case, kind, backend, dtype), repeats)
         rows[label] = {"seconds": min(times), "median_seconds": statistics.median(times),
                        "speedup_vs_fancy_index": min(baseline) / min(times),
                        "gb_per_s": case.moved_bytes / min(times) / 1e9}
@@ -97,10 +97,11 @@ def main() -> None:
             results.append(bench_case(case, kind, args.repeats, args.baseline_repeats))
     print_table(results)
     if args.out:
+        threading_layer = numba.config.THREADING_LAYER  # type: ignore[attr-defined]  # numba.config defines it via globals()
         meta = {"command": "python bench/bench_aggregation.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                                            for k, v in vars(args).items() if v),
                 "machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
-                "numba_threads": numba.get_num_threads(), "numba_threading_layer": numba.config.THREADING_LAYER,
+                "numba_threads": numba.get_num_threads(), "numba_threading_layer": threading_layer,
                 "torch": torch.__version__, "numba": numba.__version__}
         atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 

@@ -27,14 +27,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+
+@dataclass(frozen=True)
+class Workload:
+    overrides: tuple[str, ...]  # on the embedded default config
+    rounds: int  # timed rounds per measurement
+
+
 WORKLOADS = {
-    "mlp": dict(overrides=[], rounds=40),
-    "mlp-wide": dict(overrides=["model.hidden=[1024, 1024]", "model.norm='gn'",
-                                'clients.widths=["1/8", "1/4", "1/2"]', "clients.per_round=40"], rounds=16),
-    "cnn": dict(overrides=["model.arch='cnn'", "model.hidden=[32, 64, 128, 256]", 'clients.widths=["1/4", "1/2"]'],
-                rounds=8),
+    "mlp": Workload(overrides=(), rounds=40),
+    "mlp-wide": Workload(overrides=("model.hidden=[1024, 1024]", "model.norm='gn'",
+                                    'clients.widths=["1/8", "1/4", "1/2"]', "clients.per_round=40"), rounds=16),
+    "cnn": Workload(overrides=("model.arch='cnn'", "model.hidden=[32, 64, 128, 256]",
+                               'clients.widths=["1/4", "1/2"]'), rounds=8),
 }
 SETTINGS = [("1 proc x 2 threads", 1, 2), ("1 proc x 1 thread", 1, 1), ("2 procs x 1 thread", 2, 1)]
 WARMUP = 2
@@ -50,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     engine = "distributed" if args.procs > 1 else "batched"
-    cfg = load_config(None, [*WORKLOADS[args.workload]["overrides"], f"train.engine='{engine}'",
+    cfg = load_config(None, [*WORKLOADS[args.workload].overrides, f"train.engine='{engine}'",
                              f"rounds={WARMUP + args.rounds}"])
     sim = Simulation(cfg)
     for _ in range(WARMUP):
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     workloads = ["mlp"] if args.quick else args.workloads.split(",")
     rows = []
     for w in workloads:
-        rounds = 3 if args.quick else WORKLOADS[w]["rounds"]
+        rounds = 3 if args.quick else WORKLOADS[w].rounds
         for label, procs, threads in SETTINGS:
             runs = [measure(w, procs, threads, rounds) for _ in range(1 if args.quick else args.repeats)]
             best = max(runs, key=lambda r: r["client_updates_per_s"])

@@ -26,9 +26,9 @@ from pathlib import Path
 import flwr
 import numba
 import torch
+from flower_cases import FlowerCase, decode_only, fedbrb_aggregate, flower_fedavg_aggregate, make_case, prepare_round
 
 from fedbrb_fast.outputs import atomic_write_text
-from flower_cases import FlowerCase, decode_only, fedbrb_aggregate, flower_fedavg_aggregate, make_case, prepare_round
 
 
 def run_times(fn: Callable[[], object], repeats: int, setup: Callable[[], object] = lambda: None) -> list[float]:
@@ -82,10 +82,11 @@ def main() -> None:
         print(f"{'':14} ({r['nodes']} replies, {r['reply_mb']:.1f} MB of sub-models, "
               f"global model {r['global_mb']:.1f} MB)")
     if args.out:
+        threading_layer = numba.config.THREADING_LAYER  # type: ignore[attr-defined]  # numba.config defines it via globals()
         meta = {"command": "python bench/bench_flower.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()
                                                                       if v and k != "out"),
                 "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                "numba_threading_layer": numba.config.THREADING_LAYER, "flwr": flwr.__version__,
+                "numba_threading_layer": threading_layer, "flwr": flwr.__version__,
                 "torch": torch.__version__}
         atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 

@@ -97,6 +97,8 @@ def make_case(spec: ShapeSpec, layer: str, layout: str, dtype: torch.dtype, devi
     channels = (widths * spec.num_blocks).round().to(torch.int64) * block
     rows = torch.randint(spec.rows[0], spec.rows[1] + 1, (n,), generator=gen)
     start0, start1 = (torch.randint(spec.num_blocks, (n,), generator=gen) * block for _ in range(2))
+    in_f: int | Tensor
+    in_start: int | Tensor
     if layer == "784->W0":
         out_f, in_f, out_start, in_start, r, c = channels, spec.in_features, start0, 0, spec.hidden, spec.in_features
     else:
@@ -149,10 +151,12 @@ def loop_fns(case: LayerCase) -> dict[str, Callable[[], object]]:
     x = leaf(case.x)
     params = [leaf(t) for t in weights + biases]
     spans = [(row, m, k) for row, m, _, k, *_ in case.problems.table.tolist()]
-    dys = [torch.randn(m, w.shape[0], device=x.device).to(x.dtype) for (_, m, _), w in zip(spans, weights)]
+    dys = [torch.randn(m, w.shape[0], device=x.device).to(x.dtype) for (_, m, _), w in zip(spans, weights, strict=True)]
+
+    per_client = list(zip(spans, params[:len(weights)], params[len(weights):], strict=True))
 
     def forward():
-        return [F.linear(x[row:row + m, :k], w, b) for (row, m, k), w, b in zip(spans, params, params[len(weights):])]
+        return [F.linear(x[row:row + m, :k], w, b) for (row, m, k), w, b in per_client]
 
     return {"forward": forward, "forward+backward": lambda: torch.autograd.grad(forward(), [x, *params], dys)}
 
@@ -164,7 +168,7 @@ def bmm_fns(case: LayerCase) -> dict[str, Callable[[], object]]:
     g, m_max, n_max, k_max = t.shape[0], int(t[:, 1].max()), int(t[:, 2].max()), int(t[:, 3].max())
     xp = case.x.new_zeros(g, m_max, k_max)
     wp, bp = case.x.new_zeros(g, n_max, k_max), case.x.new_zeros(g, n_max)
-    for i, ((row, m, n, k, *_), w, b) in enumerate(zip(t.tolist(), weights, biases)):
+    for i, ((row, m, n, k, *_), w, b) in enumerate(zip(t.tolist(), weights, biases, strict=True)):
         xp[i, :m, :k], wp[i, :n, :k], bp[i, :n] = case.x[row:row + m, :k], w, b
     xp, wp, bp = leaf(xp), leaf(wp), leaf(bp)
     dy = torch.randn(g, m_max, n_max, device=xp.device).to(xp.dtype)
@@ -183,8 +187,8 @@ def check_kernel(case: LayerCase, tiles: TileConfig, tf32: bool, tolerance: floa
     y_ref = grouped_linear_reference(xr, wr, br, case.problems)
     dy = torch.randn(y.shape, device=y.device).to(y.dtype)
     names = ("y", "dx", "dw", "db")
-    got = dict(zip(names, (y.detach(), *torch.autograd.grad(y, (x, w, b), dy))))
-    want = dict(zip(names, (y_ref.detach(), *torch.autograd.grad(y_ref, (xr, wr, br), dy.float()))))
+    got = dict(zip(names, (y.detach(), *torch.autograd.grad(y, (x, w, b), dy)), strict=True))
+    want = dict(zip(names, (y_ref.detach(), *torch.autograd.grad(y_ref, (xr, wr, br), dy.float())), strict=True))
     # Error relative to the largest reference entry: the sums here have up to 784 terms.
     errors = {name: float((got[name].float() - want[name]).abs().max() / want[name].abs().max().clamp_min(1e-12))
               for name in names}

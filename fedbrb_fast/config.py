@@ -9,13 +9,14 @@ from __future__ import annotations
 import tomllib
 from fractions import Fraction
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .methods import METHODS, Method, uneven_groups
+from .methods import Method, uneven_groups
 
 IMAGE_DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "cifar100")
 VECTOR_DATASETS = ("mnist1d", "synthetic")
@@ -180,7 +181,8 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     widths = [Fraction(w).limit_denominator(1 << 20) for w in c.widths]
     k_exact = 1 / min(widths)
     if k_exact.denominator != 1:
-        out.append(f"clients.widths: 1 / beta_min = {float(k_exact):g} is not an integer (K = 1/beta_min must be whole)")
+        out.append(f"clients.widths: 1 / beta_min = {float(k_exact):g} is not an integer "
+                   "(K = 1/beta_min must be whole)")
         return out
     k = int(k_exact)
     for w in widths:
@@ -212,7 +214,7 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
         out.append("aggregation.backend: 'reference' computes no partial sums to all-reduce; the distributed engine "
                    "needs auto, torch, numba, triton or cuda")
     ms = cfg.train.lr_milestones
-    if any(b <= a for a, b in zip(ms, ms[1:])):
+    if any(b <= a for a, b in pairwise(ms)):
         out.append(f"train.lr_milestones: {ms} must be strictly increasing")
     return out
 

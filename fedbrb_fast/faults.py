@@ -37,7 +37,7 @@ def pick_clients(clients: Sequence[int], rate: float, seed: int, round_idx: int,
     if rate <= 0:
         return set()
     draws = numpy_generator(seed, STREAM_FAULTS, round_idx, salt).random(len(clients))
-    return {c for c, d in zip(sorted(clients), draws) if d < rate}
+    return {c for c, d in zip(sorted(clients), draws, strict=True) if d < rate}
 
 
 def corrupt(updates: Sequence[ClientUpdate | ClientBatch], clients: set[int], kind: str) -> None:
@@ -67,11 +67,11 @@ def update_norms(global_params: Mapping[str, Tensor], layout: ModelLayout,
             for spec in layout.params:
                 diff = item.params[spec.name] - gather_stacked(global_params[spec.name], spec, item.indices)
                 sq += diff.flatten(1).to(torch.float64).square().sum(dim=1)
-            norms.update(zip(item.clients, sq.sqrt().tolist()))
+            norms.update(zip(item.clients, sq.sqrt().tolist(), strict=True))
         else:
-            sq = sum(float((item.params[s.name] - gather_tensor(global_params[s.name], s, item.indices))
-                           .to(torch.float64).square().sum()) for s in layout.params)
-            norms[item.client] = math.sqrt(sq)
+            total = sum(float((item.params[s.name] - gather_tensor(global_params[s.name], s, item.indices))
+                              .to(torch.float64).square().sum()) for s in layout.params)
+            norms[item.client] = math.sqrt(total)
     return norms
 
 

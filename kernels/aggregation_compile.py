@@ -31,7 +31,7 @@ def variants() -> list[tuple[str, dict[str, str], dict[str, object]]]:
     (block sizes at their maxima; the data dtypes the backends pass; float32 or float64 sums)."""
     from .aggregation_triton import APPLY_BLOCK, MAX_BLOCK_ROWS, MAX_BLOCK_WIDTH
 
-    out = []
+    out: list[tuple[str, dict[str, str], dict[str, object]]] = []
     for data, acc in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp64")):
         for mask in (False, True):
             signature = {k: v.format(acc=acc, data=data) for k, v in SCATTER_SIGNATURE.items()}

@@ -60,7 +60,7 @@ class _GroupedLinearFunction(torch.autograd.Function):
             db32 = torch.zeros(b_src.shape, dtype=torch.float32, device=x.device) if need_b else None
             grad_weight_launch(dy, x, dw32, db32, ctx.problems, ctx.tiles, ctx.allow_tf32).run()
             dw = dw32.to(w_src.dtype) if need_w else None
-            db = db32.to(b_src.dtype) if need_b else None
+            db = db32.to(b_src.dtype) if db32 is not None else None
         return dx, dw, db, None, None, None
 
 

@@ -28,7 +28,6 @@ from .grouped_gemm_launch import (
 )
 from .grouped_gemm_problems import GroupedProblems
 
-
 # The dot paths: fp32 at both precisions, fp16, bf16 (upcast, always tf32).
 DOT_VARIANTS = ((torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False))
 SMALLEST_TILES = TileConfig(16, 16, 16)

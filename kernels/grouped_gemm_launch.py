@@ -8,7 +8,9 @@ launchers use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import nvtx
 import torch
@@ -54,10 +56,16 @@ def default_tiles(problems: GroupedProblems) -> TileConfig:
     return TileConfig(block_m=fit(m), block_n=fit(n), block_k=fit(k))
 
 
+class GridKernel(Protocol):
+    """A @triton.jit function: indexed by its launch grid, then called with the arguments."""
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., object]: ...
+
+
 @dataclass(frozen=True)
 class KernelLaunch:
     name: str
-    kernel: object
+    kernel: GridKernel
     num_tiles: int
     args: dict
     constexprs: dict

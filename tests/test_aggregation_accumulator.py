@@ -1,5 +1,5 @@
-"""The streaming accumulator: clients one at a time, partial sums A, C, S, W as docs/algorithm.md#aggregation defines them,
-merging accumulators (what the distributed engine all-reduces)."""
+"""The streaming accumulator: clients one at a time, partial sums A, C, S, W as
+docs/algorithm.md#aggregation defines them, merging accumulators (what the distributed engine all-reduces)."""
 
 import pytest
 import torch
@@ -18,16 +18,17 @@ def spec_sums(params, layout, updates, rule):
     for spec in layout.params:
         p = params[spec.name]
         a, c = torch.zeros_like(p, dtype=torch.float64), torch.zeros_like(p, dtype=torch.float64)
-        tile = [n // NUM_BLOCKS if g is not None else n for n, g in zip(spec.shape, spec.axis_groups)]
+        tile = [n // NUM_BLOCKS if g is not None else n for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
         s, w = torch.zeros(tile, dtype=torch.float64), torch.zeros(tile, dtype=torch.float64)
         for u in updates:
             theta = u.params[spec.name].double()
             value = theta - gather_tensor(p, spec, u.indices).double() if rule.kind == "broadcast" else theta
             weight = torch.full_like(theta, u.weight) * u.masks.get(spec.name, torch.ones(())).double()
-            axes = [u.indices[g] if g is not None else torch.arange(n) for n, g in zip(spec.shape, spec.axis_groups)]
+            axes = [u.indices[g] if g is not None else torch.arange(n)
+                    for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
             for local in torch.cartesian_prod(*[torch.arange(len(ix)) for ix in axes]).reshape(-1, len(axes)).tolist():
-                e = tuple(int(ix[i]) for ix, i in zip(axes, local))
-                o = tuple(i % t for i, t in zip(e, tile))
+                e = tuple(int(ix[i]) for ix, i in zip(axes, local, strict=True))
+                o = tuple(i % t for i, t in zip(e, tile, strict=True))
                 a[e] += weight[tuple(local)] * value[tuple(local)]
                 c[e] += weight[tuple(local)]
                 s[o] += weight[tuple(local)] * value[tuple(local)]
@@ -49,6 +50,7 @@ def test_partial_sums_are_the_spec_sums(arch, rule):
         if rule.kind == "overlap":
             assert sums.s is None and sums.w is None
         else:
+            assert sums.s is not None and sums.w is not None
             assert torch.allclose(sums.s.double(), s, atol=1e-4) and torch.allclose(sums.w.double(), w, atol=1e-4)
 
 
@@ -77,8 +79,11 @@ def test_split_accumulators_merge_to_one(parts, rule):
         summed = {name: summed[name] + ps for name, ps in worker.partial_sums().items()}
     for name, ps in whole.partial_sums().items():
         for got, expected in zip((summed[name].a, summed[name].c, summed[name].s, summed[name].w),
-                                 (ps.a, ps.c, ps.s, ps.w)):
-            assert (got is None and expected is None) or torch.allclose(got, expected, atol=1e-4), name
+                                 (ps.a, ps.c, ps.s, ps.w), strict=True):
+            if got is None or expected is None:
+                assert got is None and expected is None, name
+            else:
+                assert torch.allclose(got, expected, atol=1e-4), name
     for worker in workers[1:]:
         workers[0].merge(worker)
     merged, single = workers[0].finalize(), whole.finalize()

@@ -79,7 +79,8 @@ BAD_UPDATES = {
     "window start outside": (Update(1.0, {"w": np.ones((2, 3))}, {"w": {0: (4, 2)}}), "does not fit"),
     "axis not sliced": (Update(1.0, {"w": np.ones((4, 2))}, {"w": {1: (0, 2)}}), "not sliced along axis 1"),
     "unknown tensor": (Update(1.0, {"w": np.ones((4, 3))}, {"v": {0: (0, 2)}}), "unknown tensor 'v'"),
-    "weight not a number": (Update("heavy", {"w": np.ones((4, 3))}), "weight must be a number"),
+    "weight not a number": (Update("heavy", {"w": np.ones((4, 3))}),  # type: ignore[arg-type]  # the bad input tested
+                            "weight must be a number"),
     "repeated channel": (Update(1.0, {"w": np.ones((2, 3))}, {"w": {0: np.array([1, 1])}}), "repeats channels"),
 }
 

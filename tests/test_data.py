@@ -166,6 +166,7 @@ def test_synthetic_unclipped_and_clip_argument():
     assert unclipped.client_sizes.max() > 1000 and unclipped.client_sizes.min() >= 50
     assert np.array_equal(clipped.client_sizes, np.minimum(unclipped.client_sizes, 200))
     ds = load_dataset("synthetic", seed=0, num_clients=7, synthetic_max_samples=60)
+    assert ds.natural_clients is not None
     assert len(ds.natural_clients) == 7 and all(len(c) == 48 for c in ds.natural_clients)
     assert len(ds.x_test) == 7 * 12
 

@@ -12,13 +12,22 @@ import fedbrb_fast.experiments.execute as execute_module
 from fedbrb_fast.cli import app
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.experiments import (
-    SuiteError, expand_runs, load_suite, mean_curve, mean_std, ordering_verdicts, overall, replay_coverage, run_suite,
-    smallest_only_verdicts, tally,
+    SuiteError,
+    expand_runs,
+    load_suite,
+    mean_curve,
+    mean_std,
+    ordering_verdicts,
+    overall,
+    replay_coverage,
+    run_suite,
+    smallest_only_verdicts,
+    tally,
 )
 from fedbrb_fast.experiments.reading import fedbrb_standing, lam_effect
 from fedbrb_fast.experiments.report import claims_section
 from fedbrb_fast.outputs import read_metrics
-from fedbrb_fast.plans import element_coverage
+from fedbrb_fast.plans import ClientPlan, element_coverage
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "suites"
 PNG = b"\x89PNG"
@@ -127,8 +136,10 @@ def test_mean_std_is_the_sample_std_and_skips_missing_values():
 
 
 def test_mean_curve_keeps_rounds_every_seed_evaluated():
-    a = [{"round": 1, "accuracy": 0.2}, {"round": 2, "accuracy": None}, {"round": 3, "accuracy": 0.6}]
-    b = [{"round": 1, "accuracy": 0.4}, {"round": 2, "accuracy": 0.5}, {"round": 3, "accuracy": 0.8}]
+    a: list[dict[str, float | None]] = [{"round": 1, "accuracy": 0.2}, {"round": 2, "accuracy": None},
+                                        {"round": 3, "accuracy": 0.6}]
+    b: list[dict[str, float | None]] = [{"round": 1, "accuracy": 0.4}, {"round": 2, "accuracy": 0.5},
+                                        {"round": 3, "accuracy": 0.8}]
     curve = mean_curve([a, b])
     assert curve["round"] == [1, 3]
     assert curve["mean"] == pytest.approx([0.3, 0.7])
@@ -140,8 +151,7 @@ def test_mean_curve_keeps_rounds_every_seed_evaluated():
 
 def coverage_cfg(method, **changes):
     raw = {"rounds": 4, "data": {"dataset": "digits"}, "model": {"hidden": [16, 8]},
-           "clients": {"num_clients": 12, "per_round": 8, "widths": ["1/4"]}, "method": {"name": method}}
-    raw["method"].update(changes)
+           "clients": {"num_clients": 12, "per_round": 8, "widths": ["1/4"]}, "method": {"name": method, **changes}}
     return config_from_dict(raw)
 
 
@@ -161,7 +171,7 @@ def test_replayed_coverage_counts_by_hand(method, changes, expected):
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "fd"])
 def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
     """Record the plans a real run hands out and count them; the replay must agree exactly."""
-    planned = []
+    planned: list[ClientPlan] = []
 
     def recording(*args, **kwargs):
         plans = make_round_plans(*args, **kwargs)
@@ -186,7 +196,12 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
 def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     builds = []
     real_build = execute_module.build_federated_data
-    monkeypatch.setattr(execute_module, "build_federated_data", lambda cfg: builds.append(cfg.seed) or real_build(cfg))
+
+    def counting_build(cfg):
+        builds.append(cfg.seed)
+        return real_build(cfg)
+
+    monkeypatch.setattr(execute_module, "build_federated_data", counting_build)
     suite = load_suite(write_suite(tmp_path, tiny_suite_dict()))
     summary = run_suite(suite, tmp_path / "runs", command="test", show_progress=False)
     assert builds == [0, 1]  # once per seed: every arm of both scenarios (same data, other widths) shares it

@@ -5,18 +5,23 @@ import random
 
 import pytest
 import torch
+from flower_grid import InProcessGrid, task_identity
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
 
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.engines import Simulation, build_federated_data
-from fedbrb_fast.integrations.flower import (ConfigPartitions, PlanRecord, client_app_from_config, global_evaluate_fn,
-                                             strategy_from_config)
+from fedbrb_fast.integrations.flower import (
+    ConfigPartitions,
+    PlanRecord,
+    client_app_from_config,
+    global_evaluate_fn,
+    strategy_from_config,
+)
 from fedbrb_fast.integrations.flower.records import array_record
 from fedbrb_fast.models import build_model
 from fedbrb_fast.seeding import STREAM_INIT, STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import LocalTraining, train_client
-
-from flower_grid import InProcessGrid, task_identity
 
 pytestmark = pytest.mark.usefixtures(task_identity.__name__)
 
@@ -52,12 +57,12 @@ def test_client_trains_its_sub_model_as_the_reference_does(setup):
     for msg in messages[:3]:
         partition = (msg.metadata.dst_node_id - 1000) // 7
         reply = app(msg, context(partition))
-        plan = PlanRecord.from_config(msg.content["config"])
+        plan = PlanRecord.from_config(msg.content.config_records["config"])
         x, y = data.client_data(partition)
-        expected = train_client(model, msg.content["arrays"].to_torch_state_dict(), x, y, beta=plan.width,
+        expected = train_client(model, msg.content.array_records["arrays"].to_torch_state_dict(), x, y, beta=plan.width,
                                 hp=LocalTraining.of(cfg.train, 0.07),
                                 generator=torch_generator(cfg.seed, STREAM_TRAIN, 1, partition))
-        got = reply.content["arrays"].to_torch_state_dict()
+        got = reply.content.array_records["arrays"].to_torch_state_dict()
         assert all(torch.equal(got[k], expected.params[k]) for k in expected.params)
         assert reply.content["metrics"]["num-examples"] == len(y)
         assert reply.content["metrics"]["train-loss"] == pytest.approx(expected.mean_loss)
@@ -125,13 +130,13 @@ def test_a_crashing_client_is_skipped_and_the_run_goes_on(setup):
     app = client_app_from_config(cfg, model)
     broken = {node_of(p) for p in range(0, 12, 3)}
 
-    def flaky(msg, ctx):
-        if ctx.node_id in broken and msg.metadata.message_type == "train":
-            raise RuntimeError("device lost")
-        return app(msg, ctx)
+    class FlakyApp(ClientApp):
+        def __call__(self, message: Message, context: Context) -> Message:
+            if context.node_id in broken and message.metadata.message_type == "train":
+                raise RuntimeError("device lost")
+            return app(message, context)
 
-    grid = InProcessGrid(app, {node_of(p): p for p in range(12)})
-    grid.client_app = flaky
+    grid = InProcessGrid(FlakyApp(), {node_of(p): p for p in range(12)})
     strategy = strategy_from_config(cfg, model, fraction_train=1.0)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.init(torch_generator(cfg.seed, STREAM_INIT))),
                             num_rounds=2)

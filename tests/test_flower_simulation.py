@@ -19,6 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower" / "fedbrb_
 
 def example_config(argv):
     spec = importlib.util.spec_from_file_location("fedbrb_mnist", EXAMPLE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {EXAMPLE} as a module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.experiment_config(module.parse_args(argv))

@@ -2,13 +2,17 @@
 aggregation equals the project's own on the same updates, with bad replies counted and skipped."""
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
 import torch
+from flower_grid import task_identity
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from fedbrb_fast.aggregation import ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.integrations.flower import FedBRB, FedRolex, HeteroFL, PlanRecord
@@ -16,20 +20,39 @@ from fedbrb_fast.integrations.flower.node_numbering import NodeNumbering
 from fedbrb_fast.models import MLP, extract
 from fedbrb_fast.plans import make_round_plans, sample_clients
 
-from flower_grid import task_identity
-
 pytestmark = pytest.mark.usefixtures(task_identity.__name__)
 
 STRATEGIES = {"fedbrb": FedBRB, "fedrolex": FedRolex, "heterofl": HeteroFL}
 NODES = [901, 17, 4242, 73, 5, 3100, 64, 12]  # arbitrary ids; clients are numbered in sorted order
 
 
-class NodesGrid:
-    def __init__(self, nodes):
+class NodesGrid(Grid):
+    """A Grid that only lists its nodes: what sampling needs; it carries no messages."""
+
+    def __init__(self, nodes: Iterable[int]) -> None:
         self.nodes = list(nodes)
 
-    def get_node_ids(self):
+    def get_node_ids(self) -> Iterable[int]:
         return self.nodes
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise AssertionError("a strategy with node-order numbering sent messages through the grid")
+
+    def set_run(self, run: Run) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:  # pragma: no cover
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError
 
 
 @pytest.fixture
@@ -96,13 +119,13 @@ def test_configure_train_sends_each_node_its_sub_model_and_plan(method, model, g
     assert [m.metadata.dst_node_id for m in messages] == chosen
     plans = make_round_plans(method, 2, [nodes.index(n) for n in chosen], [mixed_width(n) for n in chosen],
                              group_sizes=model.layout.group_sizes, num_blocks=4, seed=0)
-    for msg, plan in zip(messages, plans):
+    for msg, plan in zip(messages, plans, strict=True):
         assert msg.metadata.message_type == MessageType.TRAIN
         config = msg.content["config"]
         assert config["lr"] == 0.1 and config["server-round"] == 3
         record = PlanRecord.from_config(config)
         assert record.method == method and record.width == plan.width
-        assert all(torch.equal(a, b) for a, b in zip(record.indices(), plan.indices))
+        assert all(torch.equal(a, b) for a, b in zip(record.indices(), plan.indices, strict=True))
         expected = extract(global_params, model.layout, plan.indices)
         sent = msg.content["arrays"].to_torch_state_dict()
         assert set(sent) == set(expected)
@@ -228,7 +251,7 @@ def test_evaluation_is_off_by_default_and_sends_sub_models_when_asked(model, glo
     messages = list(strategy.configure_evaluate(1, ArrayRecord(global_params), ConfigRecord(), NodesGrid(NODES)))
     assert len(messages) == 4 and all(m.metadata.message_type == MessageType.EVALUATE for m in messages)
     replies = [Message(RecordDict({"metrics": MetricRecord({"num-examples": n, "eval-acc": acc})}), reply_to=m)
-               for m, n, acc in zip(messages, (10, 30, 20, 5), (0.5, 0.7, 0.9, 0.1))]
+               for m, n, acc in zip(messages, (10, 30, 20, 5), (0.5, 0.7, 0.9, 0.1), strict=True)]
     replies[3] = Message(Error(code=1, reason="lost"), reply_to=messages[3])
     metrics = strategy.aggregate_evaluate(1, replies)
     assert metrics["eval-acc"] == pytest.approx((10 * 0.5 + 30 * 0.7 + 20 * 0.9) / 60)

@@ -18,7 +18,7 @@ from fedbrb_fast.kernels.grouped_gemm import (
     grouped_linear_triton,
 )
 from fedbrb_fast.kernels.grouped_gemm_launch import default_tiles
-from fedbrb_fast.kernels.grouped_gemm_problems import COL_START, FIELDS, K, M, N, ROW, ROW_START, SOURCE
+from fedbrb_fast.kernels.grouped_gemm_problems import COL_START, FIELDS, ROW, ROW_START, SOURCE, K, M, N
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def test_shares_sources_ignores_problems_without_rows():
     (dict(col_start=[6, 0]), "col_start outside"),
 ])
 def test_check_rejects_problems_that_do_not_fit(change, message):
-    spec = dict(rows=[3, 4], out_features=[5, 7], in_features=[4, 6], source=[0, 1], row_start=0, col_start=0)
+    spec: dict[str, list[int] | int] = dict(rows=[3, 4], out_features=[5, 7], in_features=[4, 6], source=[0, 1],
+                                            row_start=0, col_start=0)
     spec.update(change)
     rows, out_f, in_f = spec.pop("rows"), spec.pop("out_features"), spec.pop("in_features")
     p = GroupedProblems.build(rows, out_f, in_f, **spec)
@@ -185,7 +186,7 @@ def test_forward_and_gradients_match_reference(name, dtype):
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     grads = torch.autograd.grad(y, (x, w, b), dy)
     grads_ref = torch.autograd.grad(y_ref, (xr, wr, br), dy.float())
-    for grad, grad_ref, input_ in zip(grads, grads_ref, (x, w, b)):
+    for grad, grad_ref, input_ in zip(grads, grads_ref, (x, w, b), strict=True):
         assert grad.shape == input_.shape and grad.dtype == dtype
         assert_close(grad, grad_ref, dtype)
 
@@ -199,7 +200,8 @@ def test_without_bias(name):
     y_ref = grouped_linear_reference(xr, wr, None, case.problems)
     torch.testing.assert_close(y, y_ref)
     dy = torch.randn(y.shape)
-    for grad, grad_ref in zip(torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(y_ref, (xr, wr), dy)):
+    grads, grads_ref = torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(y_ref, (xr, wr), dy)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref)
 
 
@@ -263,7 +265,7 @@ def test_two_layer_chain_like_the_batched_engine():
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-5)
     dy = torch.randn(y.shape, generator=gen)
     grads = torch.autograd.grad(y, kernel_leaves, dy)
-    for grad, grad_ref in zip(grads, torch.autograd.grad(y_ref, reference_leaves, dy)):
+    for grad, grad_ref in zip(grads, torch.autograd.grad(y_ref, reference_leaves, dy), strict=True):
         torch.testing.assert_close(grad, grad_ref, atol=1e-4, rtol=1e-5)
     window = torch.zeros(64, dtype=torch.bool)
     window[(4 * starts0[0] + torch.arange(n0[0])) % 64] = True
@@ -287,7 +289,7 @@ def test_no_problems_gives_an_empty_output_and_zero_gradients():
     y = grouped_linear_triton(x, w, b, problems)
     assert y.shape == (4, 0)
     grads = torch.autograd.grad(y, (x, w, b), torch.randn(4, 0))
-    assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, (x, w, b)))
+    assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, (x, w, b), strict=True))
 
 
 def test_triton_rejects_unsupported_inputs():

@@ -5,7 +5,14 @@ import pytest
 
 from fedbrb_fast.config import ExperimentConfig
 from fedbrb_fast.outputs import (
-    METRIC_COLUMNS, RunWriter, append_line, atomic_write_text, comparison_table, plot_accuracy, read_metrics, summarize,
+    METRIC_COLUMNS,
+    RunWriter,
+    append_line,
+    atomic_write_text,
+    comparison_table,
+    plot_accuracy,
+    read_metrics,
+    summarize,
 )
 
 
@@ -58,8 +65,10 @@ def test_run_writer_files(tmp_path):
 
 
 def test_comparison_table_and_plot(tmp_path):
-    sums = {"a": {"final_accuracy": 0.5, "best_accuracy": 0.6, "final_loss": 1.0, "rounds": 2, "seconds": {"total": 3.0}},
-            "b": {"final_accuracy": 0.7, "best_accuracy": 0.7, "final_loss": 0.9, "rounds": 2, "seconds": {"total": 2.0}}}
+    sums = {"a": {"final_accuracy": 0.5, "best_accuracy": 0.6, "final_loss": 1.0, "rounds": 2,
+                  "seconds": {"total": 3.0}},
+            "b": {"final_accuracy": 0.7, "best_accuracy": 0.7, "final_loss": 0.9, "rounds": 2,
+                  "seconds": {"total": 2.0}}}
     table = comparison_table(sums).splitlines()
     assert table[2].startswith("| b | 70.00 |") and table[3].startswith("| a | 50.00 | 60.00 |")
     png = tmp_path / "acc.png"

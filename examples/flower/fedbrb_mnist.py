@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from fedbrb_fast.config import load_config
 from fedbrb_fast.engines import build_federated_data
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(cfg, data.input_shape, data.num_classes)
     client_app = client_app_from_config(cfg, model)  # node partition-id k is client k
     strategy = strategy_from_config(cfg, model)  # the simulation's sampling, plans and schedules
-    history: list[dict] = []
+    history: list[Mapping[str, Any]] = []
     server_app = ServerApp()
 
     @server_app.main()

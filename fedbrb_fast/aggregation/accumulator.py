@@ -21,10 +21,10 @@ from torch import Tensor
 
 from ..models.layout import ModelLayout
 from .backends import get_backend
+from .errors import AggregationError, AggregationOverflow
 from .geometry import TensorGeometry
 from .portable import Update, as_tensor, client_update, tensor_layout
 from .ranges import nvtx_range
-from .errors import AggregationError, AggregationOverflow
 from .rule import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums
@@ -67,11 +67,11 @@ class Accumulator:
     def add(self, items: Item | Iterable[Item]) -> None:
         """Validate (AggregationError, nothing added) and accumulate; a client with NaN/Inf values
         is excluded and reported in `.excluded`."""
-        items = [items] if isinstance(items, (ClientUpdate, ClientBatch, Update)) else list(items)
-        items = [self._client_update(u, pos) if isinstance(u, Update) else u for pos, u in enumerate(items)]
+        given = [items] if isinstance(items, (ClientUpdate, ClientBatch, Update)) else list(items)
+        updates = [self._client_update(u, pos) if isinstance(u, Update) else u for pos, u in enumerate(given)]
         with nvtx_range("aggregate.validate"):
-            check_items(self._params, self.layout, items, self._seen())
-        self.add_validated(items)
+            check_items(self._params, self.layout, updates, self._seen())
+        self.add_validated(updates)
 
     def add_validated(self, items: Sequence[ClientUpdate | ClientBatch]) -> None:
         """`add` for items that already passed `check_items` against this accumulator's inputs."""
@@ -155,7 +155,8 @@ class Accumulator:
     def finalize(self) -> AggregationResult:
         """The new global parameters (fresh tensors, numpy arrays if the inputs were numpy);
         AggregationOverflow if the weighted sums of finite updates overflowed."""
-        new, overflowed = {}, []
+        new: dict[str, Tensor] = {}
+        overflowed: list[str] = []
         with nvtx_range("aggregate.finalize"):
             for name, geo in self._geometry.items():
                 with nvtx_range(f"aggregate.{self.backend}.finalize:{name}"):
@@ -165,9 +166,9 @@ class Accumulator:
                     overflowed.append(name)  # finite inputs, non-finite sums
         if overflowed:
             raise AggregationOverflow(overflowed)
-        if self._returns_numpy:
-            new = {name: t.cpu().numpy() for name, t in new.items()}
-        return AggregationResult(params=new, included=list(self.included), excluded=dict(self.excluded),
+        # numpy inputs get numpy arrays back, which AggregationResult.params (typed for tensors) does not express
+        params: dict[str, Any] = {name: t.cpu().numpy() for name, t in new.items()} if self._returns_numpy else new
+        return AggregationResult(params=params, included=list(self.included), excluded=dict(self.excluded),
                                  backend=self.backend)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class Accumulator:
 def _non_finite(stack: ClientStack, which: Tensor) -> dict[str, Tensor]:
     """Per tensor, bool [n]: which of the clients selected by `which` hold a NaN/Inf there
     (no entry when none is selected)."""
-    out = {}
+    out: dict[str, Tensor] = {}
     if not which.any():
         return out
     for name, piece in stack.slices.items():

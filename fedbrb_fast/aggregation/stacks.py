@@ -55,8 +55,8 @@ def stack_of(item: ClientUpdate | ClientBatch, geometry: Mapping[str, TensorGeom
     for name, stacked in params.items():
         geo = geometry[name]
         data = geo.flat_stack(stacked.detach())
-        rows = axes[geo.row_group] if geo.sliced_rows else whole_axis(n, geo.rows, data.device)
-        cols = axes[geo.col_group] if geo.sliced_cols else whole_axis(n, geo.cols, data.device)
+        rows = axes[geo.row_group] if geo.row_group is not None else whole_axis(n, geo.rows, data.device)
+        cols = axes[geo.col_group] if geo.col_group is not None else whole_axis(n, geo.cols, data.device)
         mask = masks.get(name)
         if mask is not None:
             sub = stacked.shape[1:]

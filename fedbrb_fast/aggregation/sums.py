@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import AggregationError
 from .geometry import TensorGeometry
 
 
@@ -43,9 +44,12 @@ class PartialSums:
     w: Tensor | None = None
 
     def __add__(self, other: PartialSums) -> PartialSums:
-        pooled = self.s is not None
-        return PartialSums(self.a + other.a, self.c + other.c,
-                           self.s + other.s if pooled else None, self.w + other.w if pooled else None)
+        a, c = self.a + other.a, self.c + other.c
+        if self.s is None and other.s is None:
+            return PartialSums(a, c)
+        if self.s is None or self.w is None or other.s is None or other.w is None:
+            raise AggregationError("partial sums with S and W (broadcast rule) only add to partial sums with both")
+        return PartialSums(a, c, self.s + other.s, self.w + other.w)
 
 
 class TensorSums:

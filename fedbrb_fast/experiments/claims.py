@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 ORDERING = ("fedbrb", "fedrolex", "heterofl")
@@ -75,8 +76,9 @@ def ordering_verdicts(summary: Mapping[str, Any], order: Sequence[str] = ORDERIN
     """Claim (i) in every scenario where all arms of `order` have results."""
     out = []
     for scenario in summary["scenarios"]:
-        pairs = [pair(scenario, a, b) for a, b in zip(order, order[1:])]
-        if any(p is None for p in pairs):
+        found = [pair(scenario, a, b) for a, b in pairwise(order)]
+        pairs = [p for p in found if p is not None]
+        if len(pairs) < len(found):
             continue
         out.append(Verdict(summary["suite"], scenario["name"], is_non_iid(scenario), all(p.beats for p in pairs),
                            all(p.clearly_beats for p in pairs), tuple(pairs)))

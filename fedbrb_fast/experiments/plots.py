@@ -29,21 +29,23 @@ def plot_scenario_curves(scenario: Mapping[str, Any], arm_kinds: Mapping[str, st
     """One line per arm (mean over seeds) with a ± std band; variants dashed. Arms keep the order
     of `arm_kinds` (the suite's), so an arm has the same colour in every scenario."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    colors = plt.get_cmap("tab10").colors
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(i) for i in range(cmap.N)]
     for i, arm in enumerate(arm_kinds):
         if arm not in scenario["results"]:
             continue
         curve = scenario["results"][arm]["curve"]
-        pts = [(r, m, s) for r, m, s in zip(curve["round"], curve["mean"], curve["std"]) if m is not None]
+        pts = [(r, m, s) for r, m, s in zip(curve["round"], curve["mean"], curve["std"], strict=True) if m is not None]
         if not pts:
             continue
-        rounds, mean, std = (list(col) for col in zip(*pts))
+        rounds, mean, std = (list(col) for col in zip(*pts, strict=True))
         mean, std = [100 * m for m in mean], [100 * s for s in std]
         color = colors[i % len(colors)]
         ax.plot(rounds, mean, color=color, linestyle="--" if arm_kinds[arm] == "variant" else "-",
                 marker="o" if len(rounds) <= 12 else None, markersize=3, label=arm)
-        ax.fill_between(rounds, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=color, alpha=0.15, linewidth=0)
+        low = [m - s for m, s in zip(mean, std, strict=True)]
+        high = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(rounds, low, high, color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title, fontsize=10)
@@ -64,7 +66,7 @@ def plot_coverage(coverage: Mapping[str, Any], arms: Sequence[str], path: str | 
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows + 0.6), dpi=110, squeeze=False)
     for ax in axes.flat[len(means):]:
         ax.axis("off")
-    for ax, (arm, counts) in zip(axes.flat, means.items()):
+    for ax, (arm, counts) in zip(axes.flat, means.items(), strict=False):
         k = len(counts)
         trained = sum(1 for row in counts for c in row if c > 0)
         trained_whole = sum(1 for row in whole[arm] for c in row if c > 0)

@@ -88,7 +88,7 @@ def lam_effect(summary: Mapping[str, Any]) -> list[str]:
     if "lam_zero" in roles:
         zero = roles["lam_zero"]
         for _, other in (x for x in arms if x[0] != "lam_zero"):
-            ps = [pair(s, other, zero) for s in scenarios]
+            ps = [p for s in scenarios if (p := pair(s, other, zero)) is not None]  # all, as both arms have means
             out.append(f"{other} vs {zero}: mean difference {pts(_mean(p.diff for p in ps))}; higher in "
                        f"{sum(p.beats for p in ps)} of {len(ps)} scenarios, beyond one std in "
                        f"{sum(abs(p.diff) > p.noise for p in ps)}.")

@@ -7,13 +7,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
+def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     """Mean and sample standard deviation (n - 1; 0 for a single value) of the finite values.
     A run that ended without a number (None, NaN) counts in `missing`, never as a zero."""
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(finite)
-    mean = sum(finite) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else (0.0 if n else None)
+    if not n:
+        return {"mean": None, "std": None, "n": 0, "missing": len(values), "values": list(values)}
+    mean = sum(finite) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else 0.0
     return {"mean": mean, "std": std, "n": n, "missing": len(values) - n, "values": list(values)}
 
 

@@ -20,9 +20,10 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes
     hidden = cfg.model.hidden_sizes
     if cfg.method.name == "fedavg_small":
         hidden = [n // cfg.num_blocks for n in hidden]
-    kwargs = dict(norm=cfg.model.norm, norm_groups=cfg.model.norm_groups, scaler=cfg.model.scaler)
-    if cfg.model.arch == "mlp":
-        return MLP(math.prod(input_shape), hidden, num_classes, **kwargs)
+    m = cfg.model
+    if m.arch == "mlp":
+        return MLP(math.prod(input_shape), hidden, num_classes, norm=m.norm, norm_groups=m.norm_groups,
+                   scaler=m.scaler)
     if len(input_shape) != 3:
         raise ValueError(f"model.arch: the CNN needs (channels, height, width) inputs, got shape {input_shape}")
-    return CNN(input_shape[0], hidden, num_classes, **kwargs)
+    return CNN(input_shape[0], hidden, num_classes, norm=m.norm, norm_groups=m.norm_groups, scaler=m.scaler)

@@ -40,13 +40,21 @@ def group_norm(h: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
     return normed * weight.view(shape) + bias.view(shape)
 
 
+def norm_affine(kind: str, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The affine parameters a "bn" or "gn" norm needs (the layout gives every such norm both)."""
+    if kind not in ("bn", "gn"):
+        raise ValueError(f"unknown norm {kind!r}")
+    if weight is None or bias is None:
+        raise ValueError(f"norm {kind!r} needs both a weight and a bias tensor")
+    return weight, bias
+
+
 def normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int, *,
               fused: bool = False) -> Tensor:
     """`fused`: faster kernels where they round differently (evaluation; see static_batch_norm)."""
     if kind == "none":
         return h
+    weight, bias = norm_affine(kind, weight, bias)
     if kind == "bn":
         return static_batch_norm(h, weight, bias, fused=fused)
-    if kind == "gn":
-        return group_norm(h, weight, bias, groups)
-    raise ValueError(f"unknown norm {kind!r}")
+    return group_norm(h, weight, bias, groups)

@@ -63,7 +63,7 @@ class ModelLayout:
 
     def sub_shape(self, spec: ParamSpec, indices: Sequence[Tensor]) -> tuple[int, ...]:
         """Shape of the client tensor for per-group channel `indices`."""
-        return tuple(len(indices[g]) if g is not None else n for n, g in zip(spec.shape, spec.axis_groups))
+        return tuple(len(indices[g]) if g is not None else n for n, g in zip(spec.shape, spec.axis_groups, strict=True))
 
 
 def chain_layout(in_width: int, hidden: Sequence[int], num_classes: int, norm: str,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import normalize, scale_activation
-from .stacked import StackedLinear, plain_linear, stacked_normalize
-from .layout import chain_layout
 from .init import init_params
+from .layout import chain_layout
+from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
 class MLP:
@@ -51,4 +52,4 @@ class MLP:
     def flops_per_sample(self, widths: list[int]) -> int:
         """Multiply-adds x2 of one forward pass at the given hidden widths."""
         dims = [self.in_features, *widths, self.num_classes]
-        return 2 * sum(a * b for a, b in zip(dims, dims[1:]))
+        return 2 * sum(a * b for a, b in pairwise(dims))

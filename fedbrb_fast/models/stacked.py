@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .functional import BN_EPS
+from .functional import BN_EPS, norm_affine
 from .layout import ParamSpec
 
 
@@ -30,7 +30,8 @@ def gather_stacked(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...])
     if out_g is not None:
         return tensor.index_select(0, indices[out_g].flatten()).view(n, -1, *tensor.shape[1:])
     if in_g is not None:
-        return tensor.index_select(1, indices[in_g].flatten()).view(tensor.shape[0], n, -1, *tensor.shape[2:]).transpose(0, 1).contiguous()
+        picked = tensor.index_select(1, indices[in_g].flatten())
+        return picked.view(tensor.shape[0], n, -1, *tensor.shape[2:]).transpose(0, 1).contiguous()
     return tensor.unsqueeze(0).repeat(n, *([1] * tensor.dim()))
 
 
@@ -78,8 +79,7 @@ def stacked_normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor 
                       mask: Tensor) -> Tensor:
     if kind == "none":
         return h
+    weight, bias = norm_affine(kind, weight, bias)
     if kind == "bn":
         return masked_batch_norm(h, weight, bias, mask)
-    if kind == "gn":
-        return stacked_group_norm(h, weight, bias, groups)
-    raise ValueError(f"unknown norm {kind!r}")
+    return stacked_group_norm(h, weight, bias, groups)

@@ -32,8 +32,8 @@ class NumbaBackend:
 
     def scatter_add(self, sums: TensorSums, stack: SliceStack, weights: Tensor) -> None:
         a = sums.a.numpy()
-        data = stack.data if stack.data.dtype in (torch.float32, torch.float64) else stack.data.float()
-        data = data.contiguous().numpy()
+        floats = stack.data if stack.data.dtype in (torch.float32, torch.float64) else stack.data.float()
+        data = floats.contiguous().numpy()
         no_mask = np.zeros((1, 1, 1), a.dtype)
         mask = stack.mask.to(sums.a.dtype).contiguous().numpy() if stack.mask is not None else no_mask
         rows, cols = stack.rows.runs, stack.cols.runs

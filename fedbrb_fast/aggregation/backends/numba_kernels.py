@@ -148,16 +148,17 @@ def finalize_broadcast(out, p, a, c, s, w, keep, lam, tiny):
     for tile_row in prange(tile_rows):
         o = np.int64(tile_row)  # prange indices may be unsigned; int64 keeps index arithmetic integral
         s[o] = 0
-        for r in range(o, rows, tile_rows):
-            c_row = r if c_rows > 1 else 0
+        for src in range(o, rows, tile_rows):  # the rows at tile position o
+            c_src = src if c_rows > 1 else 0
             for j0 in range(0, width, tile_width):
                 j1 = j0 + tile_width
                 if per_c_col == 1:
-                    _pool_deltas(s[o], a[r, j0:j1], c[c_row, j0:j1], p[r, j0:j1])
+                    _pool_deltas(s[o], a[src, j0:j1], c[c_src, j0:j1], p[src, j0:j1])
                     continue
                 for k0 in range(j0, j1, per_c_col):
                     k1 = k0 + per_c_col
-                    _pool_deltas_scalar(s[o, k0 - j0:k1 - j0], a[r, k0:k1], c[c_row, k0 // per_c_col], p[r, k0:k1])
+                    _pool_deltas_scalar(s[o, k0 - j0:k1 - j0], a[src, k0:k1], c[c_src, k0 // per_c_col],
+                                        p[src, k0:k1])
     for row in prange(rows):
         r = np.int64(row)
         c_row = r if c_rows > 1 else 0

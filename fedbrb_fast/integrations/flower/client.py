@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
@@ -13,7 +13,7 @@ from ...models import Model
 from ...seeding import STREAM_TRAIN, torch_generator
 from ...training import LocalTraining, evaluate, train_client
 from .node_numbering import client_id_reply
-from .records import PlanRecord, array_record, decode_arrays, single_record, training_from_config
+from .records import PlanRecord, array_record, config_int, decode_arrays, single_record, training_from_config
 
 DataFn = Callable[[Context], tuple[Tensor, Tensor]]
 
@@ -29,12 +29,10 @@ def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, lo
 
     def received(msg: Message) -> tuple[ConfigRecord, PlanRecord, dict[str, Tensor]]:
         config = single_record(msg.content.config_records, configrecord_key, "ConfigRecord")
-        assert isinstance(config, ConfigRecord)
         plan = PlanRecord.from_config(config)
         if plan.group_sizes != tuple(model.layout.group_sizes):
             raise ValueError(f"plan for channel groups {plan.group_sizes}, this model has {model.layout.group_sizes}")
         record = single_record(msg.content.array_records, arrayrecord_key, "ArrayRecord")
-        assert isinstance(record, ArrayRecord)
         indices = plan.indices()
         params = decode_arrays(record, {s.name: model.layout.sub_shape(s, indices) for s in model.layout.params})
         return config, plan, params
@@ -44,7 +42,7 @@ def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, lo
         config, plan, params = received(msg)
         hp = training_from_config(config, local)
         x, y = load_data(context)
-        server_round = int(config.get("server-round", 1))
+        server_round = config_int(config, "server-round", 1)
         partition = int(context.node_config.get("partition-id", 0))
         result = train_client(model, params, x, y, beta=plan.width, hp=hp,
                               generator=torch_generator(seed, STREAM_TRAIN, server_round - 1, partition))

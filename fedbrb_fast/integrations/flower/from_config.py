@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from flwr.app import Context
+from flwr.app import ConfigRecordValues, Context
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
@@ -53,7 +53,7 @@ class RoundConfig:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, server_round: int) -> dict[str, object]:
+    def __call__(self, server_round: int) -> dict[str, ConfigRecordValues]:
         t = self.cfg.train
         lr = lr_at(server_round - 1, lr=t.lr, schedule=t.lr_schedule, milestones=t.lr_milestones, gamma=t.lr_gamma)
         return training_config(LocalTraining.of(t, lr))

@@ -8,17 +8,20 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from numpy.lib import format as npy_format
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message
+from numpy.lib import format as npy_format
 from torch import Tensor
 
 from ...plans import ClientPlan, window
 from ...training import LocalTraining
 
 _FLOAT_DTYPES = {"float16", "float32", "float64"}
+
+R = TypeVar("R")
 
 
 class MalformedReply(ValueError):
@@ -39,7 +42,7 @@ class PlanRecord:
     @classmethod
     def of(cls, method: str, plan: ClientPlan, group_sizes: Sequence[int]) -> PlanRecord:
         starts, sizes = [], []
-        for ix, n in zip(plan.indices, group_sizes):
+        for ix, n in zip(plan.indices, group_sizes, strict=True):
             start, size = int(ix[0]), len(ix)
             if not torch.equal(ix, window(start, size, n)):
                 raise ValueError(f"{method}: a plan that is not a window cannot be sent as one")
@@ -48,28 +51,54 @@ class PlanRecord:
         return cls(method, plan.width, tuple(starts), tuple(sizes), tuple(group_sizes))
 
     def indices(self) -> tuple[Tensor, ...]:
-        return tuple(window(s, k, n) for s, k, n in zip(self.starts, self.sizes, self.group_sizes))
+        return tuple(window(s, k, n) for s, k, n in zip(self.starts, self.sizes, self.group_sizes, strict=True))
 
-    def to_config(self) -> dict[str, object]:
+    def to_config(self) -> dict[str, ConfigRecordValues]:
         return {"plan-method": self.method, "plan-width": float(self.width), "plan-starts": list(self.starts),
                 "plan-sizes": list(self.sizes), "plan-group-sizes": list(self.group_sizes)}
 
     @classmethod
     def from_config(cls, config: ConfigRecord | Mapping[str, object]) -> PlanRecord:
         try:
-            method, width = str(config["plan-method"]), float(config["plan-width"])  # type: ignore[arg-type]
-            starts, sizes, groups = (tuple(int(v) for v in config[k])  # type: ignore[union-attr]
-                                     for k in ("plan-starts", "plan-sizes", "plan-group-sizes"))
+            method, width = str(config["plan-method"]), config_float(config, "plan-width")
+            starts, sizes, groups = (config_ints(config, k) for k in ("plan-starts", "plan-sizes", "plan-group-sizes"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"the message carries no valid plan (plan-* entries): {exc!r}") from None
         if not (len(starts) == len(sizes) == len(groups)):
             raise ValueError("plan-starts, plan-sizes and plan-group-sizes differ in length")
-        if not 0 < width <= 1 or any(not (0 <= s < n and 1 <= k <= n) for s, k, n in zip(starts, sizes, groups)):
-            raise ValueError(f"plan out of range: width {width}, windows {list(zip(starts, sizes))} of {groups}")
+        triples = zip(starts, sizes, groups, strict=True)
+        if not 0 < width <= 1 or any(not (0 <= s < n and 1 <= k <= n) for s, k, n in triples):
+            raise ValueError(f"plan out of range: width {width}, windows {list(zip(starts, sizes, strict=True))} "
+                             f"of {groups}")
         return cls(method, width, starts, sizes, groups)
 
 
-def training_config(hp: LocalTraining) -> dict[str, object]:
+def config_int(config: Mapping[str, object], key: str, default: int | None = None) -> int:
+    """`config[key]` (a ConfigRecord entry) as int() reads it; `default` when absent, if given."""
+    return int(_scalar(config[key] if default is None else config.get(key, default), key))
+
+
+def config_float(config: Mapping[str, object], key: str, default: float | None = None) -> float:
+    """`config[key]` (a ConfigRecord entry) as float() reads it; `default` when absent, if given."""
+    return float(_scalar(config[key] if default is None else config.get(key, default), key))
+
+
+def config_ints(config: Mapping[str, object], key: str) -> tuple[int, ...]:
+    """`config[key]`, a list of integers, as a tuple."""
+    values = config[key]
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"config entry {key!r}: expected a list of integers, got {values!r}")
+    return tuple(int(_scalar(v, key)) for v in values)
+
+
+def _scalar(value: object, key: str) -> int | float | str | bytes:
+    """A ConfigRecord scalar that int() and float() may read (a bool is an int)."""
+    if not isinstance(value, (int, float, str, bytes)):
+        raise TypeError(f"config entry {key!r}: expected a number, got {value!r}")
+    return value
+
+
+def training_config(hp: LocalTraining) -> dict[str, ConfigRecordValues]:
     """A round's local training as ConfigRecord entries (clipping stays the node's own)."""
     return {"lr": hp.lr, "local-epochs": hp.epochs, "batch-size": hp.batch_size, "momentum": hp.momentum,
             "weight-decay": hp.weight_decay}
@@ -77,11 +106,11 @@ def training_config(hp: LocalTraining) -> dict[str, object]:
 
 def training_from_config(config: ConfigRecord | Mapping[str, object], defaults: LocalTraining) -> LocalTraining:
     """The local training that `training_config` entries in `config` set, `defaults` elsewhere."""
-    return LocalTraining(epochs=int(config.get("local-epochs", defaults.epochs)),  # type: ignore[arg-type]
-                         batch_size=int(config.get("batch-size", defaults.batch_size)),  # type: ignore[arg-type]
-                         lr=float(config.get("lr", defaults.lr)),  # type: ignore[arg-type]
-                         momentum=float(config.get("momentum", defaults.momentum)),  # type: ignore[arg-type]
-                         weight_decay=float(config.get("weight-decay", defaults.weight_decay)),  # type: ignore[arg-type]
+    return LocalTraining(epochs=config_int(config, "local-epochs", defaults.epochs),
+                         batch_size=config_int(config, "batch-size", defaults.batch_size),
+                         lr=config_float(config, "lr", defaults.lr),
+                         momentum=config_float(config, "momentum", defaults.momentum),
+                         weight_decay=config_float(config, "weight-decay", defaults.weight_decay),
                          clip_norm=defaults.clip_norm)
 
 
@@ -147,7 +176,7 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     return tuple(shape), fortran, dtype, len(header)
 
 
-def single_record(records: Mapping[str, object], key: str, kind: str) -> object:
+def single_record(records: Mapping[str, R], key: str, kind: str) -> R:
     """`records[key]`, or the only record of that kind when the key is not used."""
     if key in records:
         return records[key]
@@ -158,7 +187,6 @@ def single_record(records: Mapping[str, object], key: str, kind: str) -> object:
 
 def reply_weight(reply: Message, key: str) -> float:
     metrics = single_record(reply.content.metric_records, "metrics", "MetricRecord")
-    assert isinstance(metrics, MetricRecord)
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise MalformedReply(f"metric {key!r} must be a positive finite number, got {value!r}")

@@ -48,10 +48,11 @@ class ReplyStacks:
             if len(rows) < len(nodes):
                 index = torch.tensor(rows)
                 buffers = {name: buf.index_select(0, index) for name, buf in buffers.items()}
+            per_group = zip(*(self._plans[node].indices for node in kept), strict=True)
             out.append(ClientBatch(
                 clients=tuple(client_of(node) for node in kept),
                 weights=torch.tensor([weights[node] for node in kept], dtype=torch.float64),
-                indices=tuple(torch.stack(ix) for ix in zip(*(self._plans[node].indices for node in kept))),
+                indices=tuple(torch.stack(ix) for ix in per_group),
                 params=buffers))
         return out
 

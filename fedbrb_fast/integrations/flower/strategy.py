@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import ClassVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MessageType,
+    MetricRecord,
+    MetricRecordValues,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -28,11 +37,12 @@ from ...aggregation.backends import BACKENDS
 from ...methods import uneven_groups
 from ...models.layout import ModelLayout, extract
 from ...plans import ClientPlan, make_round_plans, sample_clients
-from .records import MalformedReply, PlanRecord, array_record, decode_into, reply_metric, reply_weight, single_record
 from .node_numbering import NodeNumbering
+from .records import MalformedReply, PlanRecord, array_record, decode_into, reply_metric, reply_weight, single_record
 from .reply_stacks import ReplyStacks
 
 Width = float | Sequence[float] | Callable[[int], float]
+RoundConfigFn = Callable[[int], Mapping[str, ConfigRecordValues]]  # server round -> extra ConfigRecord entries
 
 
 @dataclass
@@ -48,7 +58,7 @@ class RoundReport:
     backend: str | None = None
     seconds: float = 0.0
 
-    def metrics(self) -> dict[str, int | float]:
+    def metrics(self) -> dict[str, MetricRecordValues]:
         return {"replies-ok": len(self.included), "replies-failed": len(self.failed),
                 "replies-malformed": len(self.malformed), "updates-non-finite": len(self.non_finite),
                 "aggregation-ms": 1000 * self.seconds}
@@ -72,7 +82,7 @@ class SubModelStrategy(Strategy):
                  fraction_train: float = 1.0, min_train_nodes: int = 2, min_available_nodes: int = 2,
                  fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 0, weighting: str = "samples",
                  aggregation_backend: str = "auto", seed: int = 0, client_ids: str = "node-order",
-                 query_timeout: float = 300.0, round_config: Callable[[int], Mapping[str, object]] | None = None,
+                 query_timeout: float = 300.0, round_config: RoundConfigFn | None = None,
                  weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
                  configrecord_key: str = "config") -> None:
         for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
@@ -85,18 +95,21 @@ class SubModelStrategy(Strategy):
         streaming = [b for b in BACKENDS if b != "reference"]  # the Accumulator's backends
         if aggregation_backend not in streaming:
             raise ValueError(f"aggregation_backend must be one of {streaming}, got {aggregation_backend!r}")
-        single = isinstance(width, (int, float))
         if num_blocks is None:
-            if not single:
+            if not isinstance(width, (int, float)):
                 raise ValueError("num_blocks is needed unless every node has the same width")
             num_blocks = round(1 / width) if width > 0 else 0
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         self.layout, self.num_blocks, self.seed = layout, num_blocks, seed
-        self._width = width if callable(width) or single else tuple(width)
-        if single:
+        self._width: float | tuple[float, ...] | Callable[[int], float]
+        if isinstance(width, (int, float)):
+            self._width = width
             self._check_width(width, "width")
-        elif not callable(width):
+        elif callable(width):
+            self._width = width
+        else:
+            self._width = tuple(width)
             for i, w in enumerate(self._width):
                 self._check_width(w, f"width[{i}]")
         self.fraction_train, self.min_train_nodes = fraction_train, min_train_nodes
@@ -124,7 +137,7 @@ class SubModelStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self._global = self._global_params(arrays)
         nodes = self._sample(grid, server_round, self.fraction_train, self.min_train_nodes)
-        self._pending = dict(zip(nodes, self._plans(server_round, nodes)))
+        self._pending = dict(zip(nodes, self._plans(server_round, nodes), strict=True))
         log(INFO, "configure_train: %d nodes get %s sub-models", len(nodes), self.method)
         return [self._message(node, plan, server_round, config, MessageType.TRAIN)
                 for node, plan in self._pending.items()]
@@ -182,7 +195,6 @@ class SubModelStrategy(Strategy):
             raise MalformedReply("reply from a node that was not sampled this round")
         weight = reply_weight(reply, self.weighted_by_key) if self.weighting == "samples" else 1.0
         record = single_record(reply.content.array_records, self.arrayrecord_key, "ArrayRecord")
-        assert isinstance(record, ArrayRecord)
         decode_into(record, stacks.slots(node))
         return weight
 
@@ -222,7 +234,7 @@ class SubModelStrategy(Strategy):
         params = self._global_params(arrays)
         nodes = self._sample(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes)
         return [self._message(node, plan, server_round, config, MessageType.EVALUATE, params)
-                for node, plan in zip(nodes, self._plans(server_round, nodes))]
+                for node, plan in zip(nodes, self._plans(server_round, nodes), strict=True)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted averages of the nodes' metrics; None in rounds without evaluation replies."""
