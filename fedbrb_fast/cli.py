@@ -101,7 +101,7 @@ def compare(config: ConfigArg = None, set_: SetOpt = None,
             methods: Annotated[str, typer.Option(help=f"comma-separated, from {', '.join(METHODS)}")] = DEFAULT_METHODS,
             resume: Annotated[bool, typer.Option(
                 "--resume", help="continue the comparison in output_dir (same CONFIG, --set and --methods): "
-                                 "finished runs are kept, unfinished ones continue")] = False,
+                                 "finished runs are kept, unfinished ones continue, missing ones run")] = False,
             overwrite: Annotated[bool, typer.Option(
                 "--overwrite", help="replace the runs already in output_dir (their files are removed first)")] = False,
             debug: DebugOpt = False) -> None:

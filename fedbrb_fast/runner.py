@@ -244,7 +244,7 @@ def compare_methods(cfg: ExperimentConfig, methods: Sequence[str], *, resume: bo
     """Every method on the same data, partition, seed and budget; writes per-method runs plus
     comparison.md, comparison.json and accuracy.png under cfg.output_dir. A folder that already
     holds results is refused before any work unless `overwrite` (replace them all) or `resume`
-    (same config and methods: finished runs are kept, unfinished ones continue)."""
+    (same config and methods: finished runs are kept, unfinished ones continue, missing ones run)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
@@ -288,8 +288,6 @@ def _check_comparison_folder(root: Path, configs: dict[str, ExperimentConfig], *
                                  "Continue it: the same compare command with --resume; or replace it: add "
                                  "--overwrite (or choose another output_dir)")
         return
-    if held.empty:
-        raise OutputDirError(f"--resume: output folder {str(root)!r} holds no comparison to continue")
     if held.run is not None:
         raise OutputDirError(f"--resume: output folder {str(root)!r} holds {held.run.describe()}, not a comparison")
     for run in held.subruns:
