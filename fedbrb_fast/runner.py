@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shlex
@@ -134,7 +135,7 @@ def run_experiment(cfg: ExperimentConfig, *, data: FederatedData | None = None, 
             atomic_write_bytes(writer.dir / MODEL, st_save({k: v.contiguous() for k, v in sim.params.items()}))
             writer.finish(summary)
     except OutputWriteError as exc:
-        raise _write_failure(exc, out, sim.round_idx, saved) from exc
+        raise _write_failure(exc, out, sim.round_idx, cfg.rounds, saved) from exc
     finally:
         if progress is None:
             bar.close()
@@ -161,14 +162,15 @@ def _resume_command(out: Path) -> str:
     return f"fedbrb-fast run --resume {shlex.quote(str(out))}"
 
 
-def _write_failure(exc: OutputWriteError, out: Path, round_idx: int, saved: int | None) -> RunWriteFailed:
+def _write_failure(exc: OutputWriteError, out: Path, round_idx: int, total: int, saved: int | None) -> RunWriteFailed:
     problem = f"writing {exc.filename} failed: {exc.strerror}"
+    fixed = "there is free space again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "the cause is fixed"
     if saved is None:
-        return RunWriteFailed(problem, f"the run stopped in round {round_idx + 1} before its first checkpoint; once "
-                                       "the cause is fixed, start it again with --overwrite")
-    return RunWriteFailed(problem, f"the run stopped after round {round_idx}; the logs end in complete lines and "
-                                   f"{out / CHECKPOINT} holds round {saved}; once the cause is fixed (free space?), "
-                                   f"continue with: {_resume_command(out)}")
+        return RunWriteFailed(problem, f"the run stopped at round {round_idx} of {total}, before its first "
+                                       f"checkpoint; once {fixed}, start it again with --overwrite")
+    return RunWriteFailed(problem, f"the run stopped at round {round_idx} of {total}; the logs end in complete lines "
+                                   f"and {out / CHECKPOINT} holds round {saved}; once {fixed}, continue with: "
+                                   f"{_resume_command(out)}")
 
 
 def _checkpoint(writer: RunWriter, sim: Simulation, cfg: ExperimentConfig, rows: list, events: list) -> None:
@@ -273,9 +275,14 @@ def compare_methods(cfg: ExperimentConfig, methods: Sequence[str], *, resume: bo
     summaries = {m: r.summary for m, r in results.items()}
     table = comparison_table(summaries)
     if main:
-        atomic_write_text(root / "comparison.md", f"# {cfg.name}\n\n{table}")
-        atomic_write_text(root / "comparison.json", json.dumps(summaries, indent=2, sort_keys=True) + "\n")
-        plot_accuracy({m: r.rows for m, r in results.items()}, root / "accuracy.png", title=cfg.name)
+        try:
+            atomic_write_text(root / "comparison.md", f"# {cfg.name}\n\n{table}")
+            atomic_write_text(root / "comparison.json", json.dumps(summaries, indent=2, sort_keys=True) + "\n")
+            plot_accuracy({m: r.rows for m, r in results.items()}, root / "accuracy.png", title=cfg.name)
+        except OutputWriteError as exc:
+            raise RunWriteFailed(f"writing {exc.filename} failed: {exc.strerror}",
+                                 "every method's run is complete; once the cause is fixed, the same compare "
+                                 "command with --resume writes the comparison") from exc
     return {"table": table, "summaries": summaries, "out_dir": root}
 
 

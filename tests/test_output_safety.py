@@ -150,11 +150,21 @@ def test_overwrite_removes_every_file_of_the_earlier_results(tmp_path, tiny_cfg_
     assert set(json.loads((out / "comparison.json").read_text())) == {"heterofl"}
 
 
-def test_an_empty_folder_is_fine(tmp_path, tiny_cfg_dict):
+def test_an_empty_folder_or_one_that_collects_runs_is_fine(tmp_path, tiny_cfg_dict):
+    f = cfg_file(tmp_path, tiny_cfg_dict)
     (tmp_path / "run").mkdir()
-    res = cli.invoke(app, ["run", str(cfg_file(tmp_path, tiny_cfg_dict)), "--set", "rounds=1"])
+    res = cli.invoke(app, ["run", str(f), "--set", "rounds=1"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
+
+    # runs kept side by side in subfolders are not a comparison: nothing to replace, even with --overwrite
+    parent = tmp_path / "all"
+    (parent / "old-run").mkdir(parents=True)
+    shutil.copytree(tmp_path / "run", parent / "old-run", dirs_exist_ok=True)
+    before = tree_digest(parent / "old-run")
+    res = cli.invoke(app, ["run", str(f), "--set", "rounds=1", "--set", f"output_dir='{parent}'", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert tree_digest(parent / "old-run") == before and (parent / "summary.json").is_file()
 
 
 def test_compare_resume_keeps_finished_runs_and_continues_the_unfinished(tmp_path, tiny_cfg_dict, monkeypatch):

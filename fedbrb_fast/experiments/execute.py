@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig, config_to_toml
 from ..data import FederatedData
-from ..outputs import OutputDirError, atomic_write_text, check_writable, clear_results, held_run
+from ..outputs import OutputDirError, OutputWriteError, atomic_write_text, check_writable, clear_results, held_run
 from ..runner import RunWriteFailed, load_data, run_or_continue
 from .suite import RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots
@@ -62,8 +62,12 @@ def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, comman
                     from exc
     wall = time.perf_counter() - start
     summary = build_summary(suite, outcomes, quick=quick, command=command, wall_seconds=wall)
-    atomic_write_text(suite_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # keeps the arms' order
-    write_suite_plots(summary, suite_dir)
+    try:
+        atomic_write_text(suite_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # keeps the arms' order
+        write_suite_plots(summary, suite_dir)
+    except OutputWriteError as exc:
+        raise RunWriteFailed(f"writing {exc.filename} failed: {exc.strerror}",
+                             f"every run is complete; once the cause is fixed, `{command}` writes the summary") from exc
     return summary
 
 

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import METHODS
 from .run_writer import read_metrics
 
 CONFIG = "config.toml"
@@ -94,11 +95,12 @@ def held_run(folder: Path) -> HeldRun | None:
 
 
 def survey(folder: Path) -> FolderContents:
-    """What `folder` holds that a new run or comparison written there would replace."""
+    """What `folder` holds that a new run or comparison written there would replace. Subfolders
+    count only under a method's name (where `compare` puts its runs): a folder that merely
+    collects runs is not a comparison."""
     if not folder.is_dir():
         return FolderContents(folder, None, (), ())
-    subruns = tuple(run for sub in sorted(p for p in folder.iterdir() if p.is_dir())
-                    if (run := held_run(sub)) is not None)
+    subruns = tuple(run for name in sorted(METHODS) if (run := held_run(folder / name)) is not None)
     return FolderContents(folder, held_run(folder),
                           tuple(name for name in COMPARISON_FILES if (folder / name).is_file()), subruns)
 
