@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# --resume: a second `make run` reuses the finished runs instead of refusing the folder.
 run: $(STAMP)
-	$(VENV)/bin/fedbrb-fast compare
+	$(VENV)/bin/fedbrb-fast compare --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

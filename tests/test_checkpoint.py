@@ -157,8 +157,11 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path, tiny_cfg_dict):
 def test_cli_resume_errors(tmp_path):
     p = cli("run", "--resume", str(tmp_path / "nothing"))
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 2 and "config" in err
+    assert p.returncode == 2 and "no such folder" in err
     (tmp_path / "x").mkdir()
+    p = cli("run", "--resume", str(tmp_path / "x"))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "no run to resume there (no config.toml)" in err
     p = cli("run", "cfg.toml", "--resume", str(tmp_path / "x"))
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "give no CONFIG" in err

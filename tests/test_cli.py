@@ -45,7 +45,7 @@ def test_same_scenario_for_every_method(tmp_path, tiny_cfg_dict):
     f = write_cfg(tmp_path, tiny_cfg_dict)
     assert runner.invoke(app, ["compare", str(f), "--methods", "heterofl"]).exit_code == 0
     first = read_metrics(tmp_path / "run" / "heterofl" / "metrics.jsonl")
-    assert runner.invoke(app, ["compare", str(f), "--methods", "fedbrb,heterofl"]).exit_code == 0
+    assert runner.invoke(app, ["compare", str(f), "--methods", "fedbrb,heterofl", "--overwrite"]).exit_code == 0
     again = read_metrics(tmp_path / "run" / "heterofl" / "metrics.jsonl")
     assert [r["accuracy"] for r in first] == [r["accuracy"] for r in again]
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -26,7 +27,7 @@ from fedbrb_fast.experiments import (
 )
 from fedbrb_fast.experiments.reading import fedbrb_standing, lam_effect
 from fedbrb_fast.experiments.report import claims_section
-from fedbrb_fast.outputs import read_metrics
+from fedbrb_fast.outputs import OutputDirError, read_metrics
 from fedbrb_fast.plans import ClientPlan, element_coverage
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "suites"
@@ -195,13 +196,13 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
 
 def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     builds = []
-    real_build = execute_module.build_federated_data
+    real_build = execute_module.load_data
 
     def counting_build(cfg):
         builds.append(cfg.seed)
         return real_build(cfg)
 
-    monkeypatch.setattr(execute_module, "build_federated_data", counting_build)
+    monkeypatch.setattr(execute_module, "load_data", counting_build)
     suite = load_suite(write_suite(tmp_path, tiny_suite_dict()))
     summary = run_suite(suite, tmp_path / "runs", command="test", show_progress=False)
     assert builds == [0, 1]  # once per seed: every arm of both scenarios (same data, other widths) shares it
@@ -225,10 +226,21 @@ def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     assert again["scenarios"] == summary["scenarios"]
 
     raw = tiny_suite_dict()
-    raw["base"]["train"]["lr"] = 0.01  # a different config must not pass for the old result
-    changed = run_suite(load_suite(write_suite(tmp_path, raw)), tmp_path / "runs", command="test", show_progress=False)
-    assert changed["runs_reused"] == 0
+    raw["base"]["train"]["lr"] = 0.01  # a different config must not pass for the old result, nor replace it silently
+    changed = load_suite(write_suite(tmp_path, raw))
+    before = tree_digest(root)
+    with pytest.raises(OutputDirError, match="hold runs of another config.*--overwrite"):
+        run_suite(changed, tmp_path / "runs", command="test", show_progress=False)
+    assert tree_digest(root) == before and builds == []
+    changed_summary = run_suite(changed, tmp_path / "runs", command="test", show_progress=False, overwrite=True)
+    assert changed_summary["runs_reused"] == 0
     assert read_metrics(root / "w4" / "fedbrb" / "seed0" / "metrics.jsonl")[0]["lr"] == 0.01
+
+
+def tree_digest(folder):
+    """SHA-256 of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_quick_suite_and_report_through_the_cli(tmp_path):

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -5,14 +6,8 @@ import pytest
 
 from fedbrb_fast.config import ExperimentConfig
 from fedbrb_fast.outputs import (
-    METRIC_COLUMNS,
-    RunWriter,
-    append_line,
-    atomic_write_text,
-    comparison_table,
-    plot_accuracy,
-    read_metrics,
-    summarize,
+    METRIC_COLUMNS, OutputWriteError, RunWriter, append_line, append_lines_together, atomic_write_text,
+    comparison_table, plot_accuracy, read_metrics, summarize,
 )
 
 
@@ -31,7 +26,7 @@ def test_failed_atomic_write_keeps_old_content(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputWriteError, match="disk full.*x.txt"):
         atomic_write_text(f, "new")
     assert f.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
@@ -41,6 +36,41 @@ def test_append_line_writes_complete_lines(tmp_path):
     append_line(f, '{"a": 1}')
     append_line(f, '{"a": 2}\n')
     assert f.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def half_then_full(monkeypatch, target):
+    """os.write to `target` stores half the bytes, then the disk is full (ENOSPC)."""
+    real_write, calls = os.write, []
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}") != str(target):
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, bytes(data[: len(data) // 2]))
+
+    monkeypatch.setattr(os, "write", write)
+    return calls
+
+
+def test_an_append_cut_short_by_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
+    f = tmp_path / "m.jsonl"
+    append_line(f, '{"a": 1}')
+    calls = half_then_full(monkeypatch, f)
+    with pytest.raises(OutputWriteError) as err:
+        append_line(f, '{"a": 2, "padding": "xxxxxxxxxxxxxxxx"}')
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(f) and len(calls) == 2
+    assert f.read_text() == '{"a": 1}\n'
+
+
+def test_appending_to_several_logs_is_all_or_nothing(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.csv"
+    append_lines_together([(a, "1"), (b, "1")])
+    half_then_full(monkeypatch, b)
+    with pytest.raises(OutputWriteError, match="b.csv"):
+        append_lines_together([(a, "2"), (a, "2 again"), (b, "2")])
+    assert a.read_text() == "1\n" and b.read_text() == "1\n"
 
 
 def test_run_writer_files(tmp_path):

@@ -1,6 +1,7 @@
 """Run a suite: each data set is built once and shared by every arm that trains on it; runs that
-compute the same thing run once; finished runs are skipped, interrupted ones resume from their
-checkpoint; then summary.json and plots."""
+compute the same thing run once; finished runs of the same config are skipped, interrupted ones
+resume from their checkpoint, and a folder holding a run of another config is refused (before any
+work) unless the caller asks to overwrite; then summary.json and plots."""
 
 from __future__ import annotations
 
@@ -14,22 +15,24 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError
 from ..config import ExperimentConfig, config_to_toml
 from ..data import FederatedData
-from ..engines import build_federated_data
-from ..outputs import atomic_write_text, read_metrics
-from ..runner import CHECKPOINT, run_experiment
+from ..outputs import OutputDirError, OutputWriteError, atomic_write_text, check_writable, clear_results, held_run
+from ..runner import RunWriteFailed, load_data, run_or_continue
 from .suite import RunOutcome, RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots
 
 
 def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, command: str,
-              show_progress: bool = True) -> dict[str, Any]:
-    """Validate every run first (SuiteError before any work), run what is not finished yet, and
-    write `<out_root>/<suite>/summary.json` and its plots. Returns the suite summary."""
+              show_progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Validate every run first (SuiteError before any work) and check the run folders (a run of
+    another config: OutputDirError unless `overwrite`), run what is not finished yet, and write
+    `<out_root>/<suite>/summary.json` and its plots. Returns the suite summary."""
     runs = expand_runs(suite, out_root, quick=quick)
     suite_dir = Path(out_root) / suite.name
+    if not overwrite:
+        _refuse_other_configs(runs, suite_dir)
+    check_writable(suite_dir)
     start = time.perf_counter()
     outcomes: list[RunOutcome] = []
     by_key: dict[str, RunOutcome] = {}
@@ -39,15 +42,23 @@ def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, comman
         for spec in _seed_major(runs):
             bar.set_description(f"{suite.name} {spec.scenario}/{spec.arm}/seed{spec.seed}")
             key = result_key(spec.config)
-            if key in by_key:
-                outcomes.append(_share(spec, by_key[key], bar))
-            else:
-                by_key[key] = _run_one(spec, lambda s=spec: data.get(s.config), bar)
-                outcomes.append(by_key[key])
+            try:
+                if key in by_key:
+                    outcomes.append(_share(spec, by_key[key], bar, overwrite))
+                else:
+                    by_key[key] = _run_one(spec, lambda s=spec: data.get(s.config), bar, overwrite)
+                    outcomes.append(by_key[key])
+            except RunWriteFailed as exc:
+                raise exc.continue_with(f"once the cause is fixed, run `{command}` again to continue the suite") \
+                    from exc
     wall = time.perf_counter() - start
     summary = build_summary(suite, outcomes, quick=quick, command=command, wall_seconds=wall)
-    atomic_write_text(suite_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # keeps the arms' order
-    write_suite_plots(summary, suite_dir)
+    try:
+        atomic_write_text(suite_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # keeps the arms' order
+        write_suite_plots(summary, suite_dir)
+    except OutputWriteError as exc:
+        raise RunWriteFailed(f"writing {exc.filename} failed: {exc.strerror}",
+                             f"every run is complete; once the cause is fixed, `{command}` writes the summary") from exc
     return summary
 
 
@@ -69,41 +80,35 @@ class DataCache:
 
     def get(self, cfg: ExperimentConfig) -> FederatedData:
         if self._key != data_key(cfg):
-            self._key, self._data = data_key(cfg), build_federated_data(cfg)
+            self._key, self._data = data_key(cfg), load_data(cfg)
         return self._data
 
 
-def _run_one(spec: RunSpec, data: Callable[[], FederatedData], bar: tqdm) -> RunOutcome:
-    run_dir = Path(spec.config.output_dir)
-    same_config = _saved_config(run_dir) == config_to_toml(spec.config)
-    if same_config and (run_dir / "summary.json").is_file():
-        bar.update(spec.config.rounds)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return RunOutcome(spec, summary, read_metrics(run_dir / "metrics.jsonl"), reused=True)
-    if same_config and (run_dir / CHECKPOINT).is_file():
-        before = bar.n
-        try:
-            result = run_experiment(spec.config, data=data(), out_dir=run_dir, progress=bar, resume=True)
-            bar.update(spec.config.rounds - (bar.n - before))  # the rounds done before the interruption
-            return RunOutcome(spec, result.summary, result.rows, reused=False)
-        except CheckpointError as exc:
-            tqdm.write(f"{run_dir}: cannot resume ({exc}); running it again from the start")
-    # A summary.json left by a different config must not pass for this run's result.
-    (run_dir / "summary.json").unlink(missing_ok=True)
-    result = run_experiment(spec.config, data=data(), out_dir=run_dir, progress=bar)
-    return RunOutcome(spec, result.summary, result.rows, reused=False)
+def _run_one(spec: RunSpec, data: Callable[[], FederatedData], bar: tqdm, overwrite: bool) -> RunOutcome:
+    result, reused = run_or_continue(spec.config, data=data, out_dir=Path(spec.config.output_dir), progress=bar,
+                                     overwrite=overwrite)
+    return RunOutcome(spec, result.summary, result.rows, reused=reused)
 
 
-def _share(spec: RunSpec, original: RunOutcome, bar: tqdm) -> RunOutcome:
+def _refuse_other_configs(runs: list[RunSpec], suite_dir: Path) -> None:
+    """A run folder holding a run of another config (the suite file changed since) is refused
+    before anything runs: its results are not this suite's, and replacing them needs consent."""
+    others = [held for spec in runs if (held := held_run(Path(spec.config.output_dir))) is not None
+              and held.config_text != config_to_toml(spec.config)]
+    if others:
+        raise OutputDirError(
+            f"{len(others)} run folder(s) under {str(suite_dir)!r} hold runs of another config than this suite asks "
+            f"for (the suite changed since they ran), e.g. {str(others[0].path)!r}: {others[0].describe()}; nothing "
+            "was run. Add --overwrite to replace them, or give another --out")
+
+
+def _share(spec: RunSpec, original: RunOutcome, bar: tqdm, overwrite: bool) -> RunOutcome:
     """A run that computes exactly what `original` computed: its folder points there."""
     run_dir = Path(spec.config.output_dir)
+    if overwrite:
+        clear_results(run_dir)
     note = {"same_as": os.path.relpath(original.spec.config.output_dir, run_dir),
             "why": "identical result_key: this method ignores what differs between the two configs"}
     atomic_write_text(run_dir / "same_as.json", json.dumps(note, indent=2) + "\n")
     bar.update(spec.config.rounds)
     return RunOutcome(spec, original.summary, original.rows, reused=original.reused, shared_with=original.spec)
-
-
-def _saved_config(run_dir: Path) -> str | None:
-    path = run_dir / "config.toml"
-    return path.read_text() if path.is_file() else None

@@ -1,10 +1,16 @@
-"""Run outputs: atomic files, metrics logs, comparison table and plot."""
+"""Run outputs: atomic files, metrics logs, what an output folder holds, comparison table and plot."""
 
-from .atomic import append_line, atomic_write_bytes, atomic_write_text
+from .atomic import OutputWriteError, append_line, append_lines_together, atomic_write_bytes, atomic_write_text
 from .report import comparison_table, plot_accuracy
+from .run_folder import (
+    CHECKPOINT, MODEL, SUMMARY, FolderContents, HeldRun, OutputDirError, check_writable, clear_results, held_run,
+    survey,
+)
 from .run_writer import METRIC_COLUMNS, RunWriter, read_metrics, summarize
 
 __all__ = [
-    "METRIC_COLUMNS", "RunWriter", "append_line", "atomic_write_bytes", "atomic_write_text", "comparison_table",
-    "plot_accuracy", "read_metrics", "summarize",
+    "CHECKPOINT", "METRIC_COLUMNS", "MODEL", "SUMMARY", "FolderContents", "HeldRun", "OutputDirError",
+    "OutputWriteError", "RunWriter", "append_line", "append_lines_together", "atomic_write_bytes", "atomic_write_text",
+    "check_writable", "clear_results", "comparison_table", "held_run", "plot_accuracy", "read_metrics", "summarize",
+    "survey",
 ]

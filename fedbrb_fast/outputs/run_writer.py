@@ -6,12 +6,13 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, config_to_toml
 from ..profiling import PHASES
-from .atomic import append_line, atomic_write_text
+from .atomic import append_lines_together, atomic_write_text
 
 METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "train_loss", "lr", "lam", "clients", "dropped", "excluded",
                   *(f"sec_{p}" for p in (*PHASES, "total")))
@@ -46,11 +47,11 @@ class RunWriter:
         atomic_write_text(self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows))
         atomic_write_text(self.events_jsonl, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
-    def append(self, row: dict[str, Any], events: list[dict[str, Any]] = ()) -> None:
-        for event in events:
-            append_line(self.events_jsonl, json.dumps(event, sort_keys=True))
-        append_line(self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True))
-        append_line(self.metrics_csv, _csv_line(row))
+    def append(self, row: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> None:
+        """One round's records, in all three logs or (on a write error) in none of them."""
+        append_lines_together([*((self.events_jsonl, json.dumps(e, sort_keys=True)) for e in events),
+                               (self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True)),
+                               (self.metrics_csv, _csv_line(row))])
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")
