@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import METHODS
+from ..methods import METHODS
 from .run_writer import read_metrics
 
 CONFIG = "config.toml"
