@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +22,8 @@ from ..models.layout import ModelLayout
 from .backends import get_backend
 from .batch_validation import check_items
 from .geometry import TensorGeometry
-from .portable import Update, as_tensor, client_update, tensor_layout
+from .array_types import array_type_of, as_tensor
+from .portable import Update, client_update, tensor_layout
 from .ranges import nvtx_range
 from .rules import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
@@ -37,11 +37,11 @@ class Accumulator:
     """`layout`: a ModelLayout, or the sliced axes per tensor name (`{"fc1.weight": [0], ...}`)
     for framework-agnostic `Update`s. `dtype`: accumulation dtype, float32 or float64 (default: the
     parameters' dtype, as the reference computes; float32 for half types). `backend`: "auto",
-    "torch", "numba", "triton", "cuda"; `.backend` names the one used."""
+    "torch", "numba", "triton", "cuda", "cupy"; `.backend` names the one used."""
 
     def __init__(self, global_params: Mapping[str, Any], layout: ModelLayout | Mapping[str, Sequence[int]],
                  rule: AggregationRule, *, backend: str = "auto", dtype: torch.dtype | None = None) -> None:
-        self._returns_numpy = any(isinstance(v, np.ndarray) for v in global_params.values())
+        self._array_type = array_type_of(global_params.values())
         params = {name: as_tensor(v) for name, v in global_params.items()}
         if dtype is None:
             dtype = torch.float64 if any(v.dtype == torch.float64 for v in params.values()) else torch.float32
@@ -156,7 +156,8 @@ class Accumulator:
 
     # -- finalize ---------------------------------------------------------------------------------
     def finalize(self) -> AggregationResult:
-        """The new global parameters (fresh tensors, numpy arrays if the inputs were numpy);
+        """The new global parameters, fresh, in the inputs' array type (torch, numpy, or the DLPack
+        library of e.g. CuPy inputs, shared without a copy);
         AggregationOverflow if the weighted sums of finite updates overflowed."""
         new, overflowed = {}, []
         with nvtx_range("aggregate.finalize"):
@@ -168,8 +169,7 @@ class Accumulator:
                     overflowed.append(name)  # finite inputs, non-finite sums
         if overflowed:
             raise AggregationOverflow(overflowed)
-        if self._returns_numpy:
-            new = {name: t.cpu().numpy() for name, t in new.items()}
+        new = {name: self._array_type.wrap(t) for name, t in new.items()}
         return AggregationResult(params=new, included=list(self.included), excluded=dict(self.excluded),
                                  backend=self.backend)
 

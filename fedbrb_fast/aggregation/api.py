@@ -1,5 +1,5 @@
 """One-call aggregation through the fused backends: for the project's updates (`aggregate(...,
-backend=...)` lands here) and for framework-agnostic `Update`s over torch or numpy arrays."""
+backend=...)` lands here) and for framework-agnostic `Update`s over torch, numpy or DLPack arrays."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def aggregate_with_backend(global_params: Mapping[str, Any], layout: ModelLayout
 
 def aggregate_arrays(global_params: Mapping[str, Any], updates: Sequence[Update], rule: AggregationRule, *,
                      sliced: Mapping[str, Sequence[int]] | None = None, backend: str = "auto") -> AggregationResult:
-    """New global parameters from framework-agnostic updates, in the inputs' array type.
+    """New global parameters from framework-agnostic updates, in the inputs' array type: torch
+    tensors, numpy arrays, or DLPack arrays such as CuPy's (read and returned without copies).
 
     `sliced[name]`: the axes of each tensor that clients slice (what the broadcast rule tiles);
     by default every axis that some update slices."""

@@ -45,8 +45,8 @@ def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates:
               rule: AggregationRule, *, backend: str = "reference") -> AggregationResult:
     """Validate everything first, drop non-finite updates, then apply the rule.
 
-    `backend="reference"` runs the plain-torch code below; "torch", "numba", "triton", "cuda" or
-    "auto" (the fastest available on the parameters' device) run the fused backends, which give
+    `backend="reference"` runs the plain-torch code below; "torch", "numba", "triton", "cuda", "cupy"
+    or "auto" (the fastest available on the parameters' device) run the fused backends, which give
     the same result within float tolerance (`AggregationResult.backend` names the one used)."""
     if backend != "reference":
         from .api import aggregate_with_backend  # imported here: the backends build on this module
