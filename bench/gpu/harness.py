@@ -146,16 +146,19 @@ class Timing:
 def interleaved(contestants: Mapping[str, Callable[[], object]], sync: Callable[[], None], *, reps: int = 5,
                 min_sample_s: float = 0.005) -> dict[str, Timing]:
     """Time each contestant A B C A B C ... `reps` times (after a warm-up call each); a fast call
-    is repeated within a sample so that the sample lasts about `min_sample_s`, and the sample divided."""
+    is repeated within a sample so that the sample lasts about `min_sample_s` (sized by one more
+    call), and the sample divided."""
     inner = {}
     for name, fn in contestants.items():
         fn()  # warm-up: compilation, caches, allocator
         sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        once = time.perf_counter() - start
-        inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
+        inner[name] = 1
+        if min_sample_s > 0:
+            start = time.perf_counter()
+            fn()
+            sync()
+            once = time.perf_counter() - start
+            inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
     samples: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(reps):
         for name, fn in contestants.items():
