@@ -39,6 +39,8 @@ def config(arch: str, method: str, seed: int, big: bool, **train: Any) -> dict[s
         "method": {"name": method, "lam": 0.5},
         "train": {"local_epochs": 1, "batch_size": 20, "lr": 0.02, **train},
         "eval": {"every": 1, "batch_size": 1000},
+        # a dry run spares the numba backend's first-call compilation (seconds of CPU)
+        "aggregation": {"backend": "auto" if big else "torch"},
     }
 
 

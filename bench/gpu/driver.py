@@ -74,6 +74,7 @@ CHECKS = (
               "matmul peak and copy bandwidth after the timings (>15% drift: noisy run)"),
 )
 RESERVED_FOR_LAST_S = 25  # baseline_after always gets its turn
+GRACE_S = 10.0  # a check scales itself to its cap; past the cap and this grace it is killed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             results[spec.name] = skipped(spec, f"time budget of {args.budget_s:.0f} s used up")
             print(f"\n== {spec.name}: skipped (time budget used up)", flush=True)
             continue
-        cap = min(spec.cap_s, left) if not args.dry_run else left
-        results[spec.name] = run_isolated(spec, args.dry_run, work, seed, cap, results)
+        results[spec.name] = run_isolated(spec, args.dry_run, work, seed, min(spec.cap_s, left), results)
         if spec.name == "environment" and not args.dry_run and not results[spec.name]["metrics"].get("cuda"):
             print("\nno CUDA device here: run with --dry-run on a CPU machine", file=sys.stderr, flush=True)
             return 2
@@ -142,12 +142,12 @@ def run_isolated(spec: CheckSpec, dry_run: bool, work: Path, seed: int, cap_s: f
     child = multiprocessing.get_context("fork").Process(
         target=run_check, args=(spec, dry_run, work, seed, started + cap_s, dict(earlier), result_path))
     child.start()
-    child.join(cap_s + 10)  # the check scales itself to cap_s; 10 s of grace before the kill
+    child.join(cap_s + GRACE_S)
     if child.is_alive():
         child.kill()
         child.join()
         result = skipped(spec, "")
-        result.update(status="failed", error=f"killed after {cap_s + 10:.0f} s (its cap)")
+        result.update(status="failed", error=f"killed after {cap_s + GRACE_S:.0f} s (its cap)")
     elif result_path.exists():
         result = json.loads(result_path.read_text())
     else:
