@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aggregation_cases import Case, make_case
 from fedbrb_fast.aggregation import AggregationRule, ClientBatch, aggregate
 from fedbrb_fast.kernels import aggregation as ref
+
+from aggregation_cases import Case, make_case
 from harness import Context, Recorder, poison_allocator, relative_error
 
 # (clients, rows, cols, inner, client rows, client cols)
@@ -75,7 +76,7 @@ def kernels(ctx: Context, rec: Recorder) -> None:
     scatter_shapes = SCATTER_SHAPES + (SCATTER_SHAPES_GPU if ctx.cuda else [])
     apply_shapes = APPLY_SHAPES + (APPLY_SHAPES_GPU if ctx.cuda else [])
     for data_dtype, acc in DTYPES:
-        for shape in scatter_shapes:
+        for shape in scatter_shapes:  # (clients, rows, cols, inner, client rows, client cols)
             for c_layout in ("col", "row", "elem", "mask", "col_all_rows"):
                 args = scatter_inputs(shape, data_dtype, acc, c_layout, g)
                 want_a, want_c = run_scatter(ref.scatter_add_reference, args, torch.float64, torch.device("cpu"))
@@ -84,9 +85,9 @@ def kernels(ctx: Context, rec: Recorder) -> None:
                     label = f"{name} scatter_add {shape_label(shape)} {dtype_label(data_dtype, acc)} C per {c_layout}"
                     error = max(relative_error(got_a, want_a), relative_error(got_c, want_c))
                     rec.case(label, error, TOLERANCE[acc])
-        for shape in apply_shapes:
+        for apply_shape in apply_shapes:  # (rows, cols, inner, row tiles, col tiles)
             for c_layout in ("col", "row", "elem"):
-                args = apply_inputs(shape, data_dtype, acc, c_layout, g)
+                args = apply_inputs(apply_shape, data_dtype, acc, c_layout, g)
                 for broadcast in (False, True):
                     want = run_apply(ref, args, broadcast, torch.float64, torch.device("cpu"))
                     for name, impl in impls.items():
@@ -95,7 +96,7 @@ def kernels(ctx: Context, rec: Recorder) -> None:
                         got = run_apply(impl, args, broadcast, acc, ctx.device)
                         kind = "apply_broadcast" if broadcast else "apply_overlap"
                         tolerance = HALF_OUTPUT_TOLERANCE if data_dtype == torch.float16 else TOLERANCE[acc]
-                        label = f"{name} {kind} {shape[:3]} {dtype_label(data_dtype, acc)} C per {c_layout}"
+                        label = f"{name} {kind} {apply_shape[:3]} {dtype_label(data_dtype, acc)} C per {c_layout}"
                         rec.case(label, relative_error(got, want), tolerance)
     n_ok = sum(c["ok"] for c in rec.cases)
     rec.summary = f"{n_ok}/{len(rec.cases)} cases ok; implementations: {', '.join(impls)}"
@@ -139,8 +140,10 @@ def run_scatter(fn: Any, args: dict[str, Any], acc: torch.dtype, device: torch.d
     a, c = args["a"].to(device, acc, copy=True), args["c"].to(device, acc, copy=True)  # updated in place
     data = args["data"].to(device) if acc != torch.float64 or device.type != "cpu" else args["data"].double()
     mask = args["mask"].to(device) if args["mask"] is not None else None
-    fn(a, c, data, args["weights"].to(device, acc), args["rows"].to(device), args["cols"].to(device), args["inner"],
-       mask)
+    rows = args["rows"]
+    # A whole axis keeps its stride-0 client axis on the device (.to() would materialize it).
+    rows = rows[:1].to(device).expand_as(rows) if rows.stride(0) == 0 else rows.to(device)
+    fn(a, c, data, args["weights"].to(device, acc), rows, args["cols"].to(device), args["inner"], mask)
     return a, c
 
 
@@ -176,6 +179,7 @@ def _fn(impl: ModuleType | Any, name: str) -> Any:
 
 def rule(ctx: Context, rec: Recorder) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
+    cases: list[tuple[str, float, list[int] | None, list[str]]]
     if ctx.cuda:
         backends = ["torch", "triton", "cuda", "auto"] + (["cupy"] if importlib.util.find_spec("cupy") else [])
         cases = [("mlp", 0.2, None, backends), ("cnn", 0.5, None, backends)]
@@ -212,7 +216,8 @@ def run_on(ctx: Context, case: Case, rule_: AggregationRule, backend: str) -> An
     params = {k: v.to(ctx.device) for k, v in case.params.items()}
     b = case.batch
     batch = ClientBatch(b.clients, b.weights, tuple(i.to(ctx.device) for i in b.indices),
-                        {k: v.to(ctx.device) for k, v in b.params.items()}, {k: v.to(ctx.device) for k, v in b.masks.items()})
+                        {k: v.to(ctx.device) for k, v in b.params.items()},
+                        {k: v.to(ctx.device) for k, v in b.masks.items()})
     if ctx.cuda:
         poison_allocator(ctx.device, megabytes=256)
     return aggregate(params, case.layout, [batch], rule_, backend=backend)

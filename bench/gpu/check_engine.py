@@ -14,6 +14,7 @@ from fedbrb_fast.config import METHODS, ModelConfig, config_from_dict
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import Simulation
 from fedbrb_fast.engines.simulation import RoundRecord, build_federated_data
+
 from harness import Context, Recorder, relative_error
 
 ROUNDS = 2
@@ -71,6 +72,8 @@ def engine_cuda(ctx: Context, rec: Recorder) -> None:
                 rec.case(f"{label}: global parameters after {ROUNDS} rounds",
                          max(relative_error(params[k], ref_params[k]) for k in ref_params), PARAMS_TOLERANCE)
                 for r, (got, want) in enumerate(zip(records, reference, strict=True), start=1):
+                    assert got.accuracy is not None and want.accuracy is not None  # eval.every = 1
+                    assert got.loss is not None and want.loss is not None
                     rec.case(f"{label}: round {r} accuracy {got.accuracy:.4f} vs {want.accuracy:.4f}",
                              abs(got.accuracy - want.accuracy), ACCURACY_TOLERANCE)
                     rec.case(f"{label}: round {r} loss", abs(got.loss - want.loss) / abs(want.loss), LOSS_TOLERANCE)

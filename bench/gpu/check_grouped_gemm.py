@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench_grouped_gemm import CHECK_TOLERANCE, LayerCase, check_kernel
 from fedbrb_fast.kernels.grouped_gemm import GroupedProblems, TileConfig, grouped_linear_reference
 from fedbrb_fast.kernels.grouped_gemm_launch import (
     default_tiles,
@@ -24,6 +23,8 @@ from fedbrb_fast.kernels.grouped_gemm_launch import (
     grad_weight_launch,
 )
 from fedbrb_fast.kernels.grouped_gemm_reference import wrapped_window
+
+from bench_grouped_gemm import CHECK_TOLERANCE, LayerCase, check_kernel
 from harness import Context, Recorder, poisoned, relative_error
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

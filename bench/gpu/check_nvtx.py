@@ -46,14 +46,15 @@ def nvtx_round(ctx: Context, rec: Recorder) -> None:
     names = {path.rsplit(" > ", 1)[-1] for path in ranges}
     expected = PHASES + AGGREGATION + (GROUPED_GEMM if ctx.cuda else ())
     missing = [name for name in expected if name not in names]
-    rec.require(not missing, f"every expected range is emitted ({len(expected)}){'; missing ' + str(missing) if missing else ''}")
+    rec.require(not missing, f"every expected range is emitted ({len(expected)})"
+                             + (f"; missing {missing}" if missing else ""))
     if not ctx.cuda:
         rec.skip("grouped_gemm ranges", "the Triton linears run only on a GPU in this check")
     rec.metric("top", profile)
     print("  top by " + ("GPU" if ctx.cuda else "CPU") + " time: " + ", ".join(
         f"{p['name'][:40]} {p['ms']:.2f} ms" for p in profile[:5]))
-    rec.summary = f"{len(ranges)} distinct range paths, {sum(ranges.values())} ranges; all {len(expected)} expected present" \
-        if not missing else f"missing ranges {missing}"
+    rec.summary = (f"{len(ranges)} distinct range paths, {sum(ranges.values())} ranges; all {len(expected)} "
+                   "expected present" if not missing else f"missing ranges {missing}")
 
 
 def build_collector(ctx: Context) -> Path:
@@ -83,9 +84,10 @@ def nvtx_include_dir() -> Path | None:
 
 
 def one_round(ctx: Context) -> list[dict]:
-    from check_engine import config
     from fedbrb_fast.config import config_from_dict
     from fedbrb_fast.engines import Simulation
+
+    from check_engine import config
 
     raw = config("mlp", "fedbrb", ctx.seed % 100_000, ctx.cuda, engine="batched", device=ctx.device.type,
                  linear_backend="triton" if ctx.cuda else "torch")

@@ -222,7 +222,7 @@ def build_report(args: argparse.Namespace, seed: int, selected: list[CheckSpec],
     targets = [t for r in results.values() for t in r.get("metrics", {}).get("targets", [])]
     return {
         "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "mode": "dry-run" if args.dry_run else "gpu",
             "command": "bash bench/gpu/run.sh " + " ".join(sys.argv[1:]),
             "seed": seed, "budget_s": args.budget_s, "wall_s": round(wall_s, 1),

@@ -13,6 +13,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -40,10 +41,11 @@ def done(ctx: Context, what: str) -> int:
 
 
 def aggregation_kernels(ctx: Context) -> int:
-    from check_aggregation import apply_inputs, run_apply, run_scatter, scatter_inputs
     from fedbrb_fast.kernels import aggregation_triton
 
-    impls: dict[str, object] = {"triton": aggregation_triton}
+    from check_aggregation import apply_inputs, run_apply, run_scatter, scatter_inputs
+
+    impls: dict[str, Any] = {"triton": aggregation_triton}
     if ctx.cuda:
         from fedbrb_fast.aggregation.backends.cuda_backend import extension
 
@@ -58,7 +60,7 @@ def aggregation_kernels(ctx: Context) -> int:
         for data_dtype, acc, layout in ((torch.float16, torch.float32, "mask"), (torch.float32, torch.float64, "col"),
                                         (torch.float32, torch.float32, "col_all_rows")):
             args = scatter_inputs((5, 13, 11, 3, 7, 5), data_dtype, acc, layout, g)
-            run_scatter(getattr(impl, "scatter_add"), args, acc, ctx.device)
+            run_scatter(impl.scatter_add, args, acc, ctx.device)
             count += done(ctx, f"{name} scatter_add {data_dtype}->{acc} C per {layout}")
         for p_dtype, acc in ((torch.float16, torch.float32), (torch.float32, torch.float64)):
             args = apply_inputs((15, 10, 3, 5, 5), p_dtype, acc, "elem", g)
@@ -69,13 +71,14 @@ def aggregation_kernels(ctx: Context) -> int:
 
 
 def grouped_gemm_kernels(ctx: Context) -> int:
-    from check_grouped_gemm import DTYPE_NAMES, inputs, problem_sets
     from fedbrb_fast.kernels.grouped_gemm_launch import (
         default_tiles,
         forward_launch,
         grad_input_launch,
         grad_weight_launch,
     )
+
+    from check_grouped_gemm import DTYPE_NAMES, inputs, problem_sets
 
     g = torch.Generator().manual_seed(0)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if ctx.cuda else [])

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from aggregation_cases import Case, make_case
 from fedbrb_fast.aggregation import Accumulator, ClientBatch, aggregate
+
+from aggregation_cases import Case, make_case
 from harness import Context, Recorder, interleaved
 
 TARGET_COPY_FRACTION = 0.5
@@ -32,7 +33,8 @@ def speed_aggregation(ctx: Context, rec: Recorder) -> None:
         backends = ["torch", "numba"]
         cases = [make_case("mlp", 0.004, [8, 8]), make_case("cnn", 0.015, [16, 16, 16, 16])]
         reps, min_sample_s = 2, 0.0
-        rec.skip("GPU backends (triton, cuda, cupy)", "no CUDA: the CPU backends exercise the code; figures mean nothing")
+        rec.skip("GPU backends (triton, cuda, cupy)",
+                 "no CUDA: the CPU backends exercise the code; the figures mean nothing")
     rows = []
     for case in cases:
         if ctx.remaining() < 15:

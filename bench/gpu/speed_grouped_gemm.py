@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from bench_grouped_gemm import LAYERS, PASSES, REALISTIC, TINY, bmm_fns, kernel_fns, loop_fns, make_case
 from fedbrb_fast.kernels.grouped_gemm_launch import default_tiles
+
+from bench_grouped_gemm import LAYERS, PASSES, REALISTIC, TINY, bmm_fns, kernel_fns, loop_fns, make_case
 from harness import Context, Recorder, interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -24,6 +25,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def speed_grouped_gemm(ctx: Context, rec: Recorder) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
+    layouts: tuple[str, ...]
     if ctx.cuda:
         spec, dtypes, layouts, reps, min_sample_s = REALISTIC, DTYPES, ("compact", "windows"), 5, 0.02
     else:

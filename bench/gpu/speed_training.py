@@ -12,7 +12,9 @@ timed on its first `LOOP_CLIENTS` clients and scaled (its cost is linear in clie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
+
 from harness import Context, Recorder, interleaved
 from training_loop import train_round_per_client
 
@@ -44,7 +47,8 @@ class Scenario:
         return CNN(1, self.hidden, 10, norm="bn")
 
 
-GPU = {"mlp": Scenario("mlp", [1024, 1024], 1 / 8, (784,)), "cnn": Scenario("cnn", [64, 128, 256, 512], 1 / 16, (1, 28, 28))}
+GPU = {"mlp": Scenario("mlp", [1024, 1024], 1 / 8, (784,)),
+       "cnn": Scenario("cnn", [64, 128, 256, 512], 1 / 16, (1, 28, 28))}
 DRY = {"mlp": Scenario("mlp", [32, 32], 1 / 8, (784,)), "cnn": Scenario("cnn", [16, 16, 16, 16], 1 / 16, (1, 12, 12))}
 # (clients per round, clients the loop is timed on)
 GPU_SIZES = [(100, 50), (1000, 50), (10_000, 50)]
@@ -70,6 +74,8 @@ def speed_training(ctx: Context, rec: Recorder) -> None:
             row = measure(ctx, scenario, clients, loop_clients, reps, backends)
             row["scenario"] = name
             rows.append(row)
+            if ctx.cuda:
+                torch.cuda.empty_cache()  # this size's data and engines are gone; return their memory
             print(f"  {name:3} {clients:6d} clients: loop {row['loop']['updates_per_s']:9.1f} upd/s; "
                   + "; ".join(f"batched[{b}] {row[f'batched_{b}']['updates_per_s']:9.1f} upd/s "
                               f"({row[f'batched_{b}']['round_s']:.3f} s/round, x{row[f'ratio_{b}']:.1f}, peak "
@@ -101,9 +107,9 @@ def measure(ctx: Context, scenario: Scenario, clients: int, loop_clients: int, r
     ctx_round = RoundContext(0, 0, model, data, HP, "samples", False)
     engines = {backend: BatchedEngine(CHUNK, linear_backend=backend, device=device.type) for backend in backends}
     timers = {backend: PhaseTimer() for backend in engines}
-    contestants = {
+    contestants: dict[str, Callable[[], object]] = {
         "loop": lambda: train_round_per_client(ctx_round, plans[:loop_clients], device_params, device),
-        **{f"batched_{b}": (lambda b=b: e.train_round(ctx_round, plans, host_params, timers[b]))
+        **{f"batched_{b}": partial(e.train_round, ctx_round, plans, host_params, timers[b])
            for b, e in engines.items()},
     }
     times = interleaved(contestants, ctx.sync, reps=reps, min_sample_s=0.0)
@@ -114,13 +120,11 @@ def measure(ctx: Context, scenario: Scenario, clients: int, loop_clients: int, r
         served = loop_clients if name == "loop" else clients
         round_s = times[name].best * clients / served  # the loop's time scaled to the round
         row[name] = {"round_s": round_s, "median_round_s": times[name].median * clients / served,
-                     "updates_per_s": clients / round_s, "peak_gpu_mb": peak_memory_mb(ctx, fn), **times[name].as_dict()}
+                     "updates_per_s": clients / round_s, "peak_gpu_mb": peak_memory_mb(ctx, fn),
+                     **times[name].as_dict()}
     for backend in engines:
         row[f"batched_{backend}"]["phase_s_per_round"] = phases[backend]
         row[f"ratio_{backend}"] = row[f"batched_{backend}"]["updates_per_s"] / row["loop"]["updates_per_s"]
-    del data, x, y, device_params
-    if ctx.cuda:
-        torch.cuda.empty_cache()
     return row
 
 

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout
+from .array_types import array_type_of, as_tensor
 from .backends import get_backend
 from .batch_validation import check_items
 from .geometry import TensorGeometry
-from .array_types import array_type_of, as_tensor
 from .portable import Update, client_update, tensor_layout
 from .ranges import nvtx_range
 from .rules import AggregationResult, AggregationRule

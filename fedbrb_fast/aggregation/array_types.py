@@ -76,7 +76,10 @@ def array_type_of(values: Iterable[Any]) -> ArrayType:
 def dlpack_importer(sample: Any) -> Callable[[Tensor], Any]:
     """`from_dlpack` of `sample`'s library: its array-API namespace's, or its top-level module's (CuPy)."""
     library = type(sample).__module__.split(".")[0]
-    namespace = sample.__array_namespace__() if hasattr(sample, "__array_namespace__") else importlib.import_module(library)
+    if hasattr(sample, "__array_namespace__"):
+        namespace = sample.__array_namespace__()
+    else:
+        namespace = importlib.import_module(library)
     importer = getattr(namespace, "from_dlpack", None)
     if importer is None:
         raise AggregationError(f"{type(sample).__name__} arrays arrived through DLPack, but {library} has no "

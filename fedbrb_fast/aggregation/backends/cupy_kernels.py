@@ -147,8 +147,8 @@ def _unit_stride(index: Tensor) -> Tensor:
 
 def _check_pair(value: torch.dtype, acc: torch.dtype) -> None:
     if (value, acc) not in DTYPE_PAIRS:
-        raise AggregationError(f"the kernels support (value, accumulation) dtypes {[(str(v), str(a)) for v, a in DTYPE_PAIRS]}, "
-                               f"got ({value}, {acc})")
+        pairs = [(str(v), str(a)) for v, a in DTYPE_PAIRS]
+        raise AggregationError(f"the kernels support (value, accumulation) dtypes {pairs}, got ({value}, {acc})")
 
 
 def _check(*tensors: Tensor) -> None:
