@@ -48,23 +48,24 @@ class Case:
         return AggregationRule("broadcast", LAM, self.num_blocks) if kind == "broadcast" else AggregationRule("overlap")
 
 
-def make_case(name: str, scale: float = 1.0) -> Case:
-    """`scale` shrinks the client count (quick runs); 1.0 is the benchmark's full size."""
+def make_case(name: str, scale: float = 1.0, hidden: list[int] | None = None, seed: int = 0) -> Case:
+    """`scale` shrinks the client count (quick runs), `hidden` the model (default: the benchmark's
+    full size); `seed` draws other plans and updates."""
     model: Model
     if name == "mlp":
-        model, clients, width = MLP(784, [1024, 1024], 10, norm="bn"), 1000, 1 / 8
+        model, clients, width = MLP(784, hidden or [1024, 1024], 10, norm="bn"), 1000, 1 / 8
     elif name == "cnn":
-        model, clients, width = CNN(3, [64, 128, 256, 512], 10, norm="bn"), 200, 1 / 16
+        model, clients, width = CNN(3, hidden or [64, 128, 256, 512], 10, norm="bn"), 200, 1 / 16
     else:
         raise ValueError(f"unknown case {name!r}; expected 'mlp' or 'cnn'")
     clients = max(2, round(clients * scale))
     num_blocks = round(1 / width)
     layout = model.layout
-    params = model.init(torch.Generator().manual_seed(0))
+    params = model.init(torch.Generator().manual_seed(seed))
     plans = make_round_plans("fedbrb", 5, list(range(clients)), [width] * clients, group_sizes=layout.group_sizes,
-                             num_blocks=num_blocks, seed=0)
+                             num_blocks=num_blocks, seed=seed)
     indices = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(len(layout.group_sizes)))
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed + 1)
     trained = {}
     for spec in layout.params:
         sub = gather_stacked(params[spec.name], spec, indices)

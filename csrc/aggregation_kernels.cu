@@ -1,83 +1,18 @@
-// Fused aggregation kernels in CUDA C++: the same computation as kernels/aggregation_triton.py and
-// the plain-torch references in kernels/aggregation.py.
-//
-// scatter_add: a grid-stride loop over every (client, local row, local element); each thread maps
-// its element to the global tensor through the index sets and adds into A with atomics (clients
-// overlap). apply: one elementwise pass over the global tensor reading the pooled S, W at the
-// element's tile offset.
-#include <cuda_fp16.h>
-
+// Host launchers of the fused aggregation kernels (device code in aggregation_device.cuh, shared with
+// the NVRTC build of fedbrb_fast/aggregation/backends/cupy_kernels.py): the C interface of
+// aggregation_kernels.h, one template instance per supported dtype pair.
+#include "aggregation_device.cuh"
 #include "aggregation_kernels.h"
 
 namespace {
 
+using fedbrb::apply_kernel;
+using fedbrb::half_t;
+using fedbrb::scatter_add_kernel;
+
+// cupy_kernels.py launches with the same block size and grid cap.
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;
-
-template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t to_acc(T v) { return static_cast<acc_t>(v); }
-template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
-
-template <typename out_t, typename acc_t>
-__device__ __forceinline__ out_t from_acc(acc_t v) { return static_cast<out_t>(v); }
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half(v); }
-
-template <typename data_t, typename acc_t>
-__global__ void scatter_add_kernel(acc_t* __restrict__ a, acc_t* __restrict__ c, const data_t* __restrict__ data, const acc_t* __restrict__ mask,
-                                   const acc_t* __restrict__ weights, const int64_t* __restrict__ rows,
-                                   const int64_t* __restrict__ cols, int64_t total, int64_t k_rows, int64_t k_width,
-                                   int64_t inner, int64_t width, int64_t rows_client_stride,
-                                   int64_t cols_client_stride, int64_t c_width, int c_rows_reduced) {
-  const int64_t per_client = k_rows * k_width;
-  const int64_t per_c_col = width / c_width;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t client = e / per_client;
-    const acc_t w = weights[client];
-    if (w == acc_t(0)) continue;  // weight-0 clients are skipped, finite or not
-    const int64_t local = e - client * per_client;
-    const int64_t local_r = local / k_width;
-    const int64_t local_j = local - local_r * k_width;
-    const int64_t r = rows[client * rows_client_stride + local_r];
-    const int64_t j = cols[client * cols_client_stride + local_j / inner] * inner + local_j % inner;
-    const int64_t dst = r * width + j;
-    const acc_t x = to_acc<acc_t>(data[e]);
-    const acc_t wm = mask != nullptr ? w * mask[e] : w;
-    atomicAdd(a + dst, wm * x);
-    if (j % per_c_col == 0 && (!c_rows_reduced || r == 0)) {
-      atomicAdd(c + (c_rows_reduced ? 0 : r * c_width) + j / per_c_col, wm);
-    }
-  }
-}
-
-template <typename out_t, typename acc_t, bool kBroadcast>
-__global__ void apply_kernel(out_t* __restrict__ out, const out_t* __restrict__ p, const acc_t* __restrict__ a,
-                             const acc_t* __restrict__ c, const acc_t* __restrict__ s, const acc_t* __restrict__ w,
-                             int64_t numel, int64_t width, int c_many_rows, int64_t c_width, int64_t s_rows,
-                             int64_t s_width, int64_t w_rows, int64_t w_width, acc_t lam, acc_t tiny) {
-  const int64_t per_c_col = width / c_width;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < numel;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = e / width;
-    const int64_t j = e - r * width;
-    const int64_t c_row = c_many_rows ? r : 0;
-    const int64_t c_col = j / per_c_col;
-    const acc_t cv = c[c_row * c_width + c_col];
-    const acc_t pv = to_acc<acc_t>(p[e]);
-    acc_t result;
-    if (kBroadcast) {
-      const acc_t keep = acc_t(1) - lam;
-      const acc_t den = keep * cv + lam * w[(c_row % w_rows) * w_width + c_col % w_width];
-      const acc_t num = keep * a[e] + lam * s[(r % s_rows) * s_width + j % s_width];
-      result = den > acc_t(0) ? pv + num / (den > tiny ? den : tiny) : pv;
-    } else {
-      result = cv > acc_t(0) ? a[e] / (cv > tiny ? cv : tiny) : pv;
-    }
-    out[e] = from_acc<out_t>(result);
-  }
-}
 
 unsigned int blocks_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
@@ -128,7 +63,7 @@ cudaError_t launch_apply(int broadcast, void* out, const void* p, const void* a,
 template <typename Launch>
 cudaError_t dispatch_dtypes(int value_dtype, int acc_dtype, Launch&& launch) {
   if (acc_dtype == FEDBRB_F32 && value_dtype == FEDBRB_F32) return launch(float{}, float{});
-  if (acc_dtype == FEDBRB_F32 && value_dtype == FEDBRB_F16) return launch(__half{}, float{});
+  if (acc_dtype == FEDBRB_F32 && value_dtype == FEDBRB_F16) return launch(half_t{}, float{});
   if (acc_dtype == FEDBRB_F64 && value_dtype == FEDBRB_F32) return launch(float{}, double{});
   if (acc_dtype == FEDBRB_F64 && value_dtype == FEDBRB_F64) return launch(double{}, double{});
   return cudaErrorInvalidValue;

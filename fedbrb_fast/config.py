@@ -122,7 +122,7 @@ class FaultsConfig(_Section):
 
 
 class AggregationConfig(_Section):
-    backend: Literal["auto", "reference", "torch", "numba", "triton", "cuda"] = Field(
+    backend: Literal["auto", "reference", "torch", "numba", "triton", "cuda", "cupy"] = Field(
         "auto", description="aggregation backend; auto = the fastest available on the device")
 
 

@@ -102,7 +102,7 @@ def test_unknown_and_unavailable_backends_are_named(monkeypatch):
         aggregate(params, layout, updates, RULES["overlap"], backend="fast")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for name in ("triton", "cuda"):
+    for name in ("triton", "cuda", "cupy"):
         needs_gpu = f"'{name}'.*needs a CUDA GPU.*CPU backends: reference, torch, numba"
         with pytest.raises(AggregationError, match=needs_gpu):
             aggregate(params, layout, updates, RULES["overlap"], backend=name)

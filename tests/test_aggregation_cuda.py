@@ -1,5 +1,7 @@
-"""The CUDA C++ aggregation kernels compile for sm_90 (they run only where a GPU exists)."""
+"""The CUDA C++ aggregation kernels compile for sm_90 with nvcc (and with NVRTC: test_aggregation_cupy.py);
+they run only where a GPU exists (and in the GPU check, bench/gpu)."""
 
+import importlib.util
 import shutil
 import subprocess
 from importlib.resources import files
@@ -14,7 +16,7 @@ CSRC = files("fedbrb_fast.csrc")
 
 
 def test_sources_ship_with_the_package():
-    for name in (*SOURCES, "aggregation_kernels.h"):
+    for name in (*SOURCES, "aggregation_kernels.h", "aggregation_device.cuh"):
         assert (CSRC / name).is_file(), name
 
 
@@ -38,7 +40,7 @@ def test_cuda_backend_matches_reference_on_gpu():
     rule = AggregationRule("broadcast", lam=0.3, num_blocks=NUM_BLOCKS)
     expected = aggregate(params, layout, updates, rule)
     on_gpu = {k: v.cuda() for k, v in params.items()}
-    for backend in ("cuda", "triton"):
+    for backend in ("cuda", "triton") + (("cupy",) if importlib.util.find_spec("cupy") else ()):
         moved = [ClientUpdate(u.client, u.weight, tuple(i.cuda() for i in u.indices),
                               {k: v.cuda() for k, v in u.params.items()}, {k: v.cuda() for k, v in u.masks.items()})
                  for u in updates]

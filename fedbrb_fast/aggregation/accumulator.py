@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout
+from .array_types import array_type_of, as_tensor
 from .backends import get_backend
 from .errors import AggregationError, AggregationOverflow
 from .geometry import TensorGeometry
-from .portable import Update, as_tensor, client_update, tensor_layout
+from .portable import Update, client_update, tensor_layout
 from .ranges import nvtx_range
 from .rule import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
@@ -38,11 +38,11 @@ class Accumulator:
     """`layout`: a ModelLayout, or the sliced axes per tensor name (`{"fc1.weight": [0], ...}`)
     for framework-agnostic `Update`s. `dtype`: accumulation dtype, float32 or float64 (default: the
     parameters' dtype, as the reference computes; float32 for half types). `backend`: "auto",
-    "torch", "numba", "triton", "cuda"; `.backend` names the one used."""
+    "torch", "numba", "triton", "cuda", "cupy"; `.backend` names the one used."""
 
     def __init__(self, global_params: Mapping[str, Any], layout: ModelLayout | Mapping[str, Sequence[int]],
                  rule: AggregationRule, *, backend: str = "auto", dtype: torch.dtype | None = None) -> None:
-        self._returns_numpy = any(isinstance(v, np.ndarray) for v in global_params.values())
+        self._array_type = array_type_of(global_params.values())
         params = {name: as_tensor(v) for name, v in global_params.items()}
         if dtype is None:
             dtype = torch.float64 if any(v.dtype == torch.float64 for v in params.values()) else torch.float32
@@ -153,7 +153,8 @@ class Accumulator:
 
     # -- finalize ---------------------------------------------------------------------------------
     def finalize(self) -> AggregationResult:
-        """The new global parameters (fresh tensors, numpy arrays if the inputs were numpy);
+        """The new global parameters, fresh, in the inputs' array type (torch, numpy, or the DLPack
+        library of e.g. CuPy inputs, shared without a copy);
         AggregationOverflow if the weighted sums of finite updates overflowed."""
         new: dict[str, Tensor] = {}
         overflowed: list[str] = []
@@ -166,8 +167,8 @@ class Accumulator:
                     overflowed.append(name)  # finite inputs, non-finite sums
         if overflowed:
             raise AggregationOverflow(overflowed)
-        # numpy inputs get numpy arrays back, which AggregationResult.params (typed for tensors) does not express
-        params: dict[str, Any] = {name: t.cpu().numpy() for name, t in new.items()} if self._returns_numpy else new
+        # inputs' array type: numpy or DLPack arrays, which AggregationResult.params (typed for tensors) does not express
+        params: dict[str, Any] = {name: self._array_type.wrap(t) for name, t in new.items()}
         return AggregationResult(params=params, included=list(self.included), excluded=dict(self.excluded),
                                  backend=self.backend)
 

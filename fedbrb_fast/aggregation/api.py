@@ -1,6 +1,6 @@
 """One entry point for aggregation: the plain-torch reference or a fused backend, for the project's
-updates (`aggregate`) and for framework-agnostic `Update`s over torch or numpy arrays
-(`aggregate_arrays`)."""
+updates (`aggregate`) and for framework-agnostic `Update`s over torch, numpy or DLPack arrays such as
+CuPy's (`aggregate_arrays`)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates:
 
 def aggregate_arrays(global_params: Mapping[str, Any], updates: Sequence[Update], rule: AggregationRule, *,
                      sliced: Mapping[str, Sequence[int]] | None = None, backend: str = "auto") -> AggregationResult:
-    """New global parameters from framework-agnostic updates, in the inputs' array type.
+    """New global parameters from framework-agnostic updates, in the inputs' array type: torch
+    tensors, numpy arrays, or DLPack arrays such as CuPy's (read and returned without copies).
 
     `sliced[name]`: the axes of each tensor that clients slice (what the broadcast rule tiles);
     by default every axis that some update slices."""

@@ -1,5 +1,6 @@
-"""The framework-agnostic form of an update: sub-tensors by name (torch or numpy), an index set or
-a `(start, size)` window per sliced axis, and a weight; no channel groups needed.
+"""The framework-agnostic form of an update: sub-tensors by name (torch, numpy, or DLPack arrays such
+as CuPy's, see array_types.py), an index set or a `(start, size)` window per sliced axis, and a
+weight; no channel groups needed.
 
 `tensor_layout` gives every sliced (tensor, axis) its own channel group, so these updates map onto
 the project's `ClientUpdate` and go through the same validation and kernels.
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec
+from .array_types import as_tensor
 from .errors import AggregationError
 from .updates import ClientUpdate
 
@@ -34,11 +36,6 @@ class Update:
     slices: Mapping[str, Mapping[int, AxisSlice]] = field(default_factory=dict)
     masks: Mapping[str, Any] = field(default_factory=dict)
     client: int | None = None
-
-
-def as_tensor(x: Any) -> Tensor:
-    """torch tensors as they are, numpy arrays shared without copying."""
-    return x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
 
 
 def tensor_layout(shapes: Mapping[str, Sequence[int]], sliced: Mapping[str, Sequence[int]]) -> ModelLayout:

@@ -1,7 +1,8 @@
 """The aggregation backends behind one dispatch, and how `auto` picks one.
 
 `auto` takes the first available backend in the device's order of measured speed: CPU: numba,
-torch; CUDA: cuda, triton, torch (figures in docs/aggregation.md).
+torch; CUDA: cuda, triton, torch (figures in docs/aggregation.md). `cupy` (the csrc/ kernels
+compiled by NVRTC) is chosen only by name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from ..errors import AggregationError
 from .base import Backend
 
-BACKENDS = ("reference", "torch", "numba", "triton", "cuda", "auto")
+BACKENDS = ("reference", "torch", "numba", "triton", "cuda", "cupy", "auto")
 CPU_BACKENDS = ("reference", "torch", "numba")
 AUTO_ORDER = {"cpu": ("numba", "torch"), "cuda": ("cuda", "triton", "torch")}
 
@@ -41,7 +42,7 @@ def get_backend(name: str, device: torch.device) -> Backend:
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
     """Why backend `name` cannot run on `device`, or None when it can."""
-    if name in ("triton", "cuda"):
+    if name in ("triton", "cuda", "cupy"):
         interpreted = name == "triton" and os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu"
         if not torch.cuda.is_available() and not interpreted:
             return f"it needs a CUDA GPU and none is available; CPU backends: {', '.join(CPU_BACKENDS)}"
@@ -49,8 +50,12 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
             return f"it runs on CUDA tensors and the global parameters are on {device}; move them to the GPU"
         if name == "triton" and importlib.util.find_spec("triton") is None:
             return "the triton package is not installed (pip install 'fedbrb-fast[gpu]')"
+        if name == "cupy" and importlib.util.find_spec("cupy") is None:
+            return "the cupy package is not installed (pip install 'fedbrb-fast[cupy]')"
         if name == "cuda":
             return _cuda_build_failure()
+        if name == "cupy":
+            return _nvrtc_build_failure()
     if name == "numba":
         if device.type != "cpu":
             return f"it runs on CPU tensors and the global parameters are on {device}"
@@ -66,6 +71,16 @@ def _cuda_build_failure() -> str | None:
         extension()
     except Exception as exc:  # a missing nvcc or compiler surfaces as many exception types
         return f"building the CUDA extension from csrc/ failed: {exc}"
+    return None
+
+
+def _nvrtc_build_failure() -> str | None:
+    from .cupy_kernels import nvrtc_kernels
+
+    try:
+        nvrtc_kernels()
+    except Exception as exc:  # CuPy, NVRTC and driver failures have many exception types
+        return f"compiling the csrc/ kernels with NVRTC (CuPy) failed: {exc}"
     return None
 
 
@@ -85,4 +100,8 @@ def _load(name: str) -> Backend:
         return TritonBackend()
     from .cuda_backend import CudaBackend
 
+    if name == "cupy":
+        from .cupy_kernels import nvrtc_kernels
+
+        return CudaBackend(nvrtc_kernels(), name="cupy")
     return CudaBackend()

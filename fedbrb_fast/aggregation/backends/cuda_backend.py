@@ -1,11 +1,13 @@
 """Backend `cuda`: the CUDA C++ kernels of csrc/ (shipped as fedbrb_fast.csrc), compiled on first
-use with torch.utils.cpp_extension.load; needs a GPU, nvcc and a host compiler."""
+use with torch.utils.cpp_extension.load; needs a GPU, nvcc and a host compiler. Backend `cupy` runs
+the same kernels compiled by NVRTC (cupy_kernels.py)."""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib.resources import files
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,10 +30,12 @@ def extension() -> ModuleType:
 
 
 class CudaBackend:
-    name = "cuda"
+    """`kernels`: what provides scatter_add / apply_overlap / apply_broadcast (the torch extension
+    by default, or cupy_kernels.NvrtcKernels under the name "cupy")."""
 
-    def __init__(self) -> None:
-        self._ext = extension()
+    def __init__(self, kernels: Any = None, name: str = "cuda") -> None:
+        self.name = name
+        self._ext = kernels if kernels is not None else extension()
 
     def scatter_add(self, sums: TensorSums, stack: SliceStack, weights: Tensor) -> None:
         self._ext.scatter_add(sums.a, sums.c, stack.data, weights, stack.rows.index, stack.cols.index,
