@@ -127,7 +127,7 @@ class SubModelStrategy(Strategy):
         self._reply_buffers: dict[tuple, Tensor] = {}  # reused by every round's ReplyStacks
 
     # -- what subclasses vary -----------------------------------------------------------------------
-    schedule: ClassVar[str] = "shear"
+    schedule: str = "shear"  # FedBRB sets its own per instance
 
     def lam(self, server_round: int) -> float:
         return 0.0
@@ -351,7 +351,7 @@ class FedBRB(SubModelStrategy):
             raise ValueError(f"schedule must be 'shear' or 'diagonal', got {schedule!r}")
         if not callable(lam) and not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
-        self._lam, self.schedule = lam, schedule  # type: ignore[misc]
+        self._lam, self.schedule = lam, schedule
         super().__init__(layout, **kwargs)
 
     def lam(self, server_round: int) -> float:
