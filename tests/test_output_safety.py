@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import pytest
 import tomli_w
@@ -75,9 +76,14 @@ def same_model(a, b):
 @pytest.fixture
 def data_loads(monkeypatch):
     """The configs whose data was loaded: a refusal "before any work" leaves this empty."""
-    loads = []
+    loads: list[str] = []
     real = runner_module.build_federated_data
-    monkeypatch.setattr(runner_module, "build_federated_data", lambda cfg: loads.append(cfg.method.name) or real(cfg))
+
+    def counting(cfg):
+        loads.append(cfg.method.name)
+        return real(cfg)
+
+    monkeypatch.setattr(runner_module, "build_federated_data", counting)
     return loads
 
 
@@ -306,7 +312,7 @@ def full_disk(monkeypatch):
     gets half its bytes onto the disk, which is then full: every later os.write there raises ENOSPC.
     `arm(None)` lifts it. (Every output write goes through os.write.)"""
     real_write = os.write
-    state = {}
+    state: dict[str, Any] = {}
 
     def write(fd, data):
         if not state:

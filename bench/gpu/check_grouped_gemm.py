@@ -103,7 +103,7 @@ def inputs(ctx: Context, ps: ProblemSet, dtype: torch.dtype, g: torch.Generator)
 def reference_grads(x: Tensor, w: Tensor, b: Tensor, dy: Tensor, problems: GroupedProblems) -> list[Tensor]:
     """y, dX, dW, db of the fp32 reference on the same (rounded) inputs."""
     leaves = [t.detach().float().requires_grad_(True) for t in (x, w, b)]
-    y = grouped_linear_reference(*leaves, problems)
+    y = grouped_linear_reference(leaves[0], leaves[1], leaves[2], problems)
     return [y.detach(), *torch.autograd.grad(y, leaves, dy.float())]
 
 

@@ -46,7 +46,7 @@ def speed_grouped_gemm(ctx: Context, rec: Recorder) -> None:
                 times = interleaved({impl: f[pass_name] for impl, f in fns.items()}, ctx.sync, reps=reps,
                                     min_sample_s=min_sample_s)
                 flops = baseline.flops * (1 if pass_name == "forward" else 3)
-                row = {"layer": layer, "dtype": dtype_name, "pass": pass_name, "clients": len(baseline.problems.table),
+                row: dict[str, Any] = {"layer": layer, "dtype": dtype_name, "pass": pass_name, "clients": len(baseline.problems.table),
                        "useful_gflop": flops / 1e9,
                        "impls": {impl: {"tflops": flops / t.best / 1e12, **t.as_dict()} for impl, t in times.items()}}
                 if "triton_compact" in times:

@@ -18,7 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
-from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+from tqdm.auto import tqdm
 
 from fedbrb_fast.config import load_config
 from fedbrb_fast.engines import build_federated_data

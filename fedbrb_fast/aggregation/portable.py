@@ -81,9 +81,10 @@ def client_update(update: Update, layout: ModelLayout, client: int) -> ClientUpd
             if group is None:
                 continue
             index = _index(given.get(axis), spec.shape[axis], f"client {client}: {spec.name} axis {axis}")
-            if indices[group] is None:
+            known = indices[group]
+            if known is None:
                 indices[group] = index
-            elif not torch.equal(indices[group], index):
+            elif not torch.equal(known, index):
                 raise AggregationError(f"client {client}: {spec.name} axis {axis} disagrees with another tensor "
                                        f"sliced by the same channel group {group}")
     full = [ix if ix is not None else torch.arange(n) for ix, n in zip(indices, layout.group_sizes)]

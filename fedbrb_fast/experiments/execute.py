@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, comman
                 if key in by_key:
                     outcomes.append(_share(spec, by_key[key], bar, overwrite))
                 else:
-                    by_key[key] = _run_one(spec, lambda s=spec: data.get(s.config), bar, overwrite)
+                    by_key[key] = _run_one(spec, partial(data.get, spec.config), bar, overwrite)
                     outcomes.append(by_key[key])
             except RunWriteFailed as exc:
                 raise exc.continue_with(f"once the cause is fixed, run `{command}` again to continue the suite") \
@@ -79,7 +80,7 @@ class DataCache:
         self._data: FederatedData | None = None
 
     def get(self, cfg: ExperimentConfig) -> FederatedData:
-        if self._key != data_key(cfg):
+        if self._data is None or self._key != data_key(cfg):
             self._key, self._data = data_key(cfg), load_data(cfg)
         return self._data
 

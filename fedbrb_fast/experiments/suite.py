@@ -79,14 +79,15 @@ class SuiteFile(_Entry):
     @model_validator(mode="after")
     def _names(self) -> SuiteFile:
         problems = []
-        for label, values in (("seeds", self.seeds), ("methods", self.methods),
-                              ("scenarios", [s.name for s in self.scenarios]),
-                              ("variants", [v.name for v in self.variants])):
-            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        named: list[tuple[str, list[str]]] = [
+            ("seeds", [str(s) for s in self.seeds]), ("methods", list(self.methods)),
+            ("scenarios", [s.name for s in self.scenarios]), ("variants", [v.name for v in self.variants])]
+        for label, values in named:
+            repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 problems.append(f"{label}: repeated {repeated}")
         scenario_names = {s.name for s in self.scenarios}
-        arm_names = set(self.methods)
+        arm_names: set[str] = set(self.methods)
         for i, v in enumerate(self.variants):
             if v.name in METHODS:
                 problems.append(f"variants[{i}] {v.name!r}: a variant may not take a method's name")

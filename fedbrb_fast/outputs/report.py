@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def comparison_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(histories: Mapping[str, list[Mapping[str, Any]]], path: str | Path, title: str) -> None:
+def plot_accuracy(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str) -> None:
     """Test accuracy against round, one line per method, written atomically as PNG."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method, rows in histories.items():
