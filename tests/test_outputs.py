@@ -104,3 +104,13 @@ def test_comparison_table_and_plot(tmp_path):
     png = tmp_path / "acc.png"
     plot_accuracy({"a": [{"round": 1, "accuracy": 0.3}, {"round": 2, "accuracy": 0.5}]}, png, "t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    target = tmp_path / "summary.json"
+    atomic_write_text(target, "{}")
+    append_line(tmp_path / "metrics.jsonl", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert (target.stat().st_mode & 0o777) == ((tmp_path / "metrics.jsonl").stat().st_mode & 0o777)

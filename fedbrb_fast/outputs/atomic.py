@@ -12,6 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 class OutputWriteError(OSError):
     """Writing an output file failed (disk full, I/O error, no permission): the OSError's errno
     and reason, with the file we were writing as its filename."""
@@ -31,6 +40,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise OutputWriteError(path, exc) from exc
     try:
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; outputs get the usual mode
             _write_all(fd, data)
             os.fsync(fd)
         finally:
