@@ -20,6 +20,8 @@ from .config import METHODS, ConfigError, ExperimentConfig, config_from_dict, co
 from .data import FederatedData
 from .engines import Simulation, build_federated_data, is_main_process
 from .outputs import RunWriter, atomic_write_bytes, atomic_write_text, comparison_table, plot_accuracy, summarize
+from .outputs.pyplot import pyplot
+from .outputs.report import PLOT
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
@@ -142,6 +144,7 @@ def compare_methods(cfg: ExperimentConfig, methods: Sequence[str]) -> dict[str, 
     if unknown or not methods:
         raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     configs = {m: method_config(cfg, m) for m in methods}  # all validated before any work
+    pyplot(PLOT)  # and the plot's extra is there
     root = Path(cfg.output_dir)
     data = build_federated_data(cfg)
     results = {}

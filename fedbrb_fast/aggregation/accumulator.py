@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout
+from ..profiling import nvtx_range
 from .backends import get_backend
 from .batch_validation import check_items
 from .geometry import TensorGeometry
 from .portable import Update, as_tensor, client_update, tensor_layout
-from .ranges import nvtx_range
 from .rules import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..models.layout import ModelLayout
+from ..profiling import nvtx_range
 from .accumulator import Accumulator
 from .batch_validation import check_items
 from .portable import Update, sliced_axes_of
-from .ranges import nvtx_range
 from .rules import AggregationResult, AggregationRule
 from .updates import ClientBatch, ClientUpdate
 

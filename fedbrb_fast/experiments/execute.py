@@ -19,7 +19,9 @@ from ..config import ExperimentConfig, config_to_toml
 from ..data import FederatedData
 from ..engines import build_federated_data
 from ..outputs import atomic_write_text, read_metrics
+from ..outputs.pyplot import pyplot
 from ..runner import CHECKPOINT, run_experiment
+from .plots import PLOTS
 from .suite import RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots
 
@@ -38,6 +40,7 @@ def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, comman
     """Validate every run first (SuiteError before any work), run what is not finished yet, and
     write `<out_root>/<suite>/summary.json` and its plots. Returns the suite summary."""
     runs = expand_runs(suite, out_root, quick=quick)
+    pyplot(PLOTS)  # the figures' extra is there before any work
     suite_dir = Path(out_root) / suite.name
     start = time.perf_counter()
     outcomes: list[RunOutcome] = []
