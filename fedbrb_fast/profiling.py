@@ -8,13 +8,13 @@ the `nvtx` package rather than torch.cuda.nvtx, which raises on CPU builds.
 
 from __future__ import annotations
 
-import time
 import importlib
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from types import ModuleType
-from typing import Iterator
 
 from .optional import available
 

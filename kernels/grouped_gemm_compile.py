@@ -32,7 +32,6 @@ require("triton", "the Triton grouped GEMM")
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-
 # The dot paths: fp32 at both precisions, fp16, bf16 (upcast, always tf32).
 DOT_VARIANTS = ((torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False))
 SMALLEST_TILES = TileConfig(16, 16, 16)

@@ -105,7 +105,8 @@ def exactly(message: str) -> str:
 
 def test_unknown_and_unavailable_backends_are_named(monkeypatch):
     layout, params, updates = make_round("mlp", "heterofl")
-    unknown = "unknown aggregation backend 'fast'; expected one of ('reference', 'torch', 'numba', 'triton', 'cuda', 'auto')"
+    unknown = ("unknown aggregation backend 'fast'; expected one of "
+               "('reference', 'torch', 'numba', 'triton', 'cuda', 'auto')")
     with pytest.raises(AggregationError, match=exactly(unknown)):
         aggregate(params, layout, updates, RULES["overlap"], backend="fast")
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -2,15 +2,15 @@
 
 import sys
 
-import nvtx
 import numpy as np
+import nvtx
 import torch
 from aggregation_rounds import NUM_BLOCKS, assert_same_result, make_round
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedbrb_fast.aggregation import AggregationRule, aggregate
 from fedbrb_fast import profiling
+from fedbrb_fast.aggregation import AggregationRule, aggregate
 from fedbrb_fast.aggregation.index_runs import runs_kernel, runs_of_arrays, sliced_axis, whole_axis
 from fedbrb_fast.plans import window
 
@@ -78,7 +78,8 @@ def test_nvtx_ranges_are_no_ops_without_the_nvtx_package(monkeypatch):
             pass
         layout, params, updates = make_round("mlp", "fedbrb")
         rule = AggregationRule("broadcast", 0.3, NUM_BLOCKS)
-        assert_same_result(aggregate(params, layout, updates, rule, backend="numba"), aggregate(params, layout, updates, rule))
+        expected = aggregate(params, layout, updates, rule)
+        assert_same_result(aggregate(params, layout, updates, rule, backend="numba"), expected)
         assert profiling._nvtx() is None and timer.reset()["train"] >= 0
     finally:
         profiling._nvtx.cache_clear()

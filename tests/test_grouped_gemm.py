@@ -1,6 +1,7 @@
 """Grouped block-sliced GEMM: the Triton kernels (on `kernel_device`: CPU tensors under
-TRITON_INTERPRET=1 where there is no GPU, see conftest.py) against the plain-torch reference, outputs and gradients, and the reference against an
-independent definition of the wrap-around windows (torch.roll)."""
+TRITON_INTERPRET=1 where there is no GPU, see conftest.py) against the plain-torch reference,
+outputs and gradients, and the reference against an independent definition of the wrap-around
+windows (torch.roll)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ def test_label_mask_removes_absent_classes_from_softmax():
 def test_evaluate_counts_correct_predictions():
     """Identity layers: the logits are the inputs. Three batches of 2, 2, 1 samples."""
     model = MLP(2, [2], 2, norm="none")
-    p = {"hidden0.weight": torch.eye(2), "hidden0.bias": torch.zeros(2), "out.weight": torch.eye(2), "out.bias": torch.zeros(2)}
+    p = {"hidden0.weight": torch.eye(2), "hidden0.bias": torch.zeros(2),
+         "out.weight": torch.eye(2), "out.bias": torch.zeros(2)}
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [0.5, 0.0]])
     y = torch.tensor([0, 1, 1, 1, 1])  # predictions 0, 1, 0, 1, 0: samples 0, 1 and 3 are right
     # cross-entropy of logits (a, b): log(e^a + e^b) minus the target's logit
