@@ -19,6 +19,7 @@ def test_sources_ship_with_the_package():
         assert (CSRC / name).is_file(), name
 
 
+@pytest.mark.slow  # nvcc
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 def test_kernels_compile_for_sm90(tmp_path):
     out = tmp_path / "aggregation_kernels.o"

@@ -92,6 +92,7 @@ def test_triton_backend_end_to_end(kernel_device):
         assert torch.allclose(got.params[name].cpu(), expected.params[name], atol=1e-5), name
 
 
+@pytest.mark.slow  # compiler subprocesses
 def test_every_variant_compiles_for_sm90(tmp_path):
     compiled = compile_for_sm90("fedbrb_fast.kernels.aggregation_compile", tmp_path / "triton-cache")
     assert sorted(line.split()[1] for line in compiled) == sorted(name for name, _, _ in variants())

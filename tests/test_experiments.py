@@ -183,6 +183,7 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
 # --- running a suite ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a whole suite
 def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     builds = []
     real_build = execute_module.build_federated_data
@@ -216,6 +217,7 @@ def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     assert read_metrics(root / "w4" / "fedbrb" / "seed0" / "metrics.jsonl")[0]["lr"] == 0.01
 
 
+@pytest.mark.slow  # a whole suite
 def test_quick_suite_and_report_through_the_cli(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     res = cli.invoke(app, ["suite", str(EXAMPLES / "synthetic_mlp.toml"), "--quick", "--out", str(runs)])
