@@ -146,8 +146,8 @@ def test_gather_stacked_equals_per_client_extract():
         assert single.untyped_storage().data_ptr() != params[spec.name].untyped_storage().data_ptr()
 
 
-@pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), pytest.param("fd", "cnn", "gn", marks=pytest.mark.slow),
-                                              ("fedrolex", "mlp", "none")])
+@pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), ("fedrolex", "mlp", "none"),
+                                              pytest.param("fd", "cnn", "gn", marks=pytest.mark.slow)])
 def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
     raw = {**tiny_cfg_dict, "rounds": 3, "method": {"name": method, "lam": 0.5},
            "model": {"arch": arch, "hidden": [16, 16], "norm": norm, "norm_groups": 4},
