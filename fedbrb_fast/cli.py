@@ -10,6 +10,7 @@ import typer
 from .checkpoint import CheckpointError
 from .config import METHODS, ConfigError, load_config
 from .engines import DistributedError, is_main_process
+from .optional import MissingExtraError
 from .runner import RunInterrupted, compare_methods, resume_experiment, run_experiment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -44,7 +45,7 @@ def run(config: ConfigArg = None, set_: SetOpt = None,
             result = resume_experiment(resume)
         else:
             result = run_experiment(_load(config, set_))
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, MissingExtraError) as exc:
         raise _fail(str(exc)) from None
     except DistributedError as exc:
         raise _fail(str(exc), code=1) from None
@@ -63,7 +64,7 @@ def compare(config: ConfigArg = None, set_: SetOpt = None,
     cfg = _load(config, set_)
     try:
         out = compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()])
-    except ConfigError as exc:
+    except (ConfigError, MissingExtraError) as exc:
         raise _fail(str(exc)) from None
     except DistributedError as exc:
         raise _fail(str(exc), code=1) from None
@@ -102,7 +103,7 @@ def suite(suite_file: Annotated[Path, typer.Argument(help="suite TOML, e.g. exam
     root = out if out is not None else (QUICK_SUITE_RUNS if quick else SUITE_RUNS)
     try:
         summary = run_suite(load_suite(suite_file), root, quick=quick, command=command)
-    except ConfigError as exc:
+    except (ConfigError, MissingExtraError) as exc:
         raise _fail(str(exc)) from None
     except RunInterrupted as exc:
         typer.secho(f"{exc}\nrun the same command again to continue the suite", fg=typer.colors.YELLOW, err=True)
@@ -124,7 +125,7 @@ def report(runs: Annotated[Path, typer.Argument(help="folder holding <suite>/sum
     command = shlex.join(["fedbrb-fast", "report", str(runs), "--out", str(out)])
     try:
         path = write_report(load_summaries(runs), out, command=command)
-    except ReportError as exc:
+    except (ReportError, MissingExtraError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"report: {path}")
 

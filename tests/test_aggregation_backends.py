@@ -127,9 +127,13 @@ def test_without_numba_auto_takes_torch_and_numba_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
     index_runs.runs_kernel.cache_clear()
     try:
-        res = aggregate(params, layout, updates, RULES["lam0.3"], backend="auto")
-        assert res.backend == "torch" and index_runs.runs_kernel() is index_runs.runs_of_arrays
-        assert_same_result(res, aggregate(params, layout, updates, RULES["lam0.3"]))
+        expected = aggregate(params, layout, updates, RULES["lam0.3"])
+        for given in (updates, batched(updates)):  # stacks of one client and of several (runs of many rows)
+            res = aggregate(params, layout, given, RULES["lam0.3"], backend="auto")
+            assert res.backend == "torch" and index_runs.runs_kernel() is index_runs.runs_of_arrays
+            assert sorted(res.included) == sorted(expected.included)
+            for name in layout.names:
+                assert torch.allclose(res.params[name], expected.params[name], atol=1e-5), name
         missing = ("aggregation backend 'numba' is not available: the numba aggregation backend needs the 'numba' "
                    "extra: pip install 'fedbrb-fast[numba]'")
         with pytest.raises(AggregationError, match=exactly(missing)):

@@ -11,10 +11,13 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 from aggregation_rounds import NUM_BLOCKS, make_round
+from typer.testing import CliRunner
 
 from fedbrb_fast.aggregation import AggregationError, AggregationRule, aggregate
+from fedbrb_fast.cli import app
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.data import load_dataset
 from fedbrb_fast.optional import EXTRAS, MissingExtraError, available, require
@@ -82,6 +85,17 @@ def test_plots_need_the_plots_extra_and_compare_says_so_before_any_work(monkeypa
     with pytest.raises(MissingExtraError, match=hint("the accuracy plot (accuracy.png)", "plots")):
         compare_methods(cfg, ["fedbrb", "heterofl"])
     assert not (tmp_path / "accuracy.png").exists() and not Path(cfg.output_dir).exists()
+
+
+def test_the_cli_names_the_missing_extra_before_any_work(monkeypatch, tmp_path, tiny_cfg_dict):
+    f = tmp_path / "cfg.toml"
+    f.write_text(tomli_w.dumps(tiny_cfg_dict))
+    hide(monkeypatch, "matplotlib")
+    result = CliRunner().invoke(app, ["compare", str(f), "--methods", "fedbrb,fd"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: the accuracy plot (accuracy.png) needs the 'plots' extra: "
+                             "pip install 'fedbrb-fast[plots]'\n")
+    assert not Path(tiny_cfg_dict["output_dir"]).exists()
 
 
 def test_flower_integration_needs_the_flower_extra(monkeypatch):
