@@ -1,15 +1,17 @@
-# Two entry points: `make run` (default small-to-large experiment) and `make test`.
+# Two entry points: `make run` (default small-to-large experiment) and `make test` (every test);
+# `make test-fast` leaves out the slow and GPU tests while developing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# Every extra (dev includes them all), at the exact builds of constraints.txt (the CPU torch).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # --resume: a second `make run` reuses the finished runs instead of refusing the folder.
@@ -18,6 +20,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 # ruff (style, imports, bug patterns) and mypy (types) over the package, kernels, bench and tests.
 lint: $(STAMP)

@@ -21,6 +21,7 @@ from .config import ConfigError, load_config
 from .methods import METHODS
 from .engines import DistributedError, is_main_process
 from .experiments import ReportError
+from .optional import MissingExtraError
 from .outputs import OutputDirError
 from .runner import DataError, RunInterrupted, RunWriteFailed, compare_methods, resume_experiment, run_experiment
 
@@ -32,7 +33,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 DebugOpt = Annotated[bool, typer.Option("--debug", help="on an error, print the traceback as well")]
 DEFAULT_METHODS = "fedbrb,fedrolex,heterofl,fd,fedavg_small"
 
-BAD_INPUT = (ConfigError, CheckpointError, OutputDirError, DataError, ReportError)
+BAD_INPUT = (ConfigError, CheckpointError, OutputDirError, DataError, ReportError, MissingExtraError)
 RUN_FAILURES = (RunWriteFailed, DistributedError)
 # An OSError with one of these is about a path the user gave (exit 2); others are the machine's (exit 1).
 PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,

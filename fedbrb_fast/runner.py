@@ -27,6 +27,8 @@ from .outputs import (
     CHECKPOINT, MODEL, SUMMARY, OutputDirError, OutputWriteError, RunWriter, atomic_write_bytes, atomic_write_text,
     check_writable, clear_results, comparison_table, held_run, plot_accuracy, read_metrics, summarize, survey,
 )
+from .outputs.pyplot import pyplot
+from .outputs.report import PLOT
 
 
 class RunInterrupted(RuntimeError):
@@ -254,6 +256,7 @@ def compare_methods(cfg: ExperimentConfig, methods: Sequence[str], *, resume: bo
     if resume and overwrite:
         raise ConfigError("--resume keeps the comparison in output_dir and --overwrite replaces it: choose one")
     configs = {m: method_config(cfg, m) for m in methods}  # all validated before any work
+    pyplot(PLOT)  # and the plot's extra is there
     root = Path(cfg.output_dir)
     main = is_main_process()
     if main:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from fedbrb_fast.optional import require
+
 SCATTER_SIGNATURE = {
     "a_ptr": "*{acc}", "c_ptr": "*{acc}", "data_ptr": "*{data}", "mask_ptr": "*fp32",
     "weights_ptr": "*{acc}", "rows_ptr": "*i64", "cols_ptr": "*i64", "k_rows": "i32", "k_width": "i32", "inner": "i32",
@@ -52,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     index, count = map(int, args.shard.split("/"))
 
+    require("triton", "compiling the triton aggregation kernels")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

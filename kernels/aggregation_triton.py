@@ -10,9 +10,13 @@ elementwise pass that reads each tile offset's pooled S, W and writes the new pa
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
+
+from fedbrb_fast.optional import require
+
+require("triton", "fedbrb_fast.kernels.aggregation_triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 MAX_BLOCK_ROWS = 16
 MAX_BLOCK_WIDTH = 256

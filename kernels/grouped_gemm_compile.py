@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
+
+from fedbrb_fast.optional import require
 
 from .grouped_gemm_kernels import INTERPRETED
 from .grouped_gemm_launch import (
@@ -27,6 +27,10 @@ from .grouped_gemm_launch import (
     grad_weight_launch,
 )
 from .grouped_gemm_problems import GroupedProblems
+
+require("triton", "the Triton grouped GEMM")
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
 
 # The dot paths: fp32 at both precisions, fp16, bf16 (upcast, always tf32).
 DOT_VARIANTS = ((torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False))

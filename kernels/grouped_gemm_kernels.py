@@ -11,10 +11,13 @@ is exact in tf32, so the GPU still runs it on tensor cores).
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from fedbrb_fast.optional import require
 
 from . import grouped_gemm_problems as table
+
+require("triton", "the Triton grouped GEMM")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 FIELDS: tl.constexpr = tl.constexpr(table.FIELDS)
 

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import nvtx
 import torch
-import triton
 from torch import Tensor
+
+from fedbrb_fast.optional import require
+from fedbrb_fast.profiling import nvtx_range
 
 from .grouped_gemm_kernels import (
     grouped_linear_forward_kernel,
@@ -23,6 +24,9 @@ from .grouped_gemm_kernels import (
     grouped_linear_grad_weight_kernel,
 )
 from .grouped_gemm_problems import GroupedProblems
+
+require("triton", "the Triton grouped GEMM")
+import triton  # noqa: E402
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32"}
@@ -74,7 +78,7 @@ class KernelLaunch:
     def run(self) -> None:
         if self.num_tiles == 0:
             return
-        with nvtx.annotate(f"grouped_gemm.{self.name}", domain="fedbrb_fast"):
+        with nvtx_range(f"grouped_gemm.{self.name}"):
             self.kernel[(self.num_tiles,)](**self.args, **self.constexprs, num_warps=self.tiles.num_warps,
                                            num_stages=self.tiles.num_stages)
 

@@ -40,6 +40,14 @@ def make_round(arch: str, method: str, *, seed: int = 0, label_mask: bool = Fals
     return layout, params, updates
 
 
+def to_device(params: dict[str, torch.Tensor], updates: list[ClientUpdate], device: torch.device | str):
+    """The round's global params and updates moved to `device`."""
+    moved = [ClientUpdate(u.client, u.weight, tuple(i.to(device) for i in u.indices),
+                          {k: v.to(device) for k, v in u.params.items()}, {k: v.to(device) for k, v in u.masks.items()})
+             for u in updates]
+    return {k: v.to(device) for k, v in params.items()}, moved
+
+
 def batched(updates: list[ClientUpdate]) -> list[ClientBatch | ClientUpdate]:
     """Updates of equal sub-model shape stacked into ClientBatches (single ones stay single)."""
     groups: dict[tuple, list[ClientUpdate]] = {}

@@ -1,12 +1,26 @@
 import os
 
-# Triton kernels must see the interpreter before any @triton.jit decorator runs (no GPU here).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Where there is no GPU the Triton kernels run under the interpreter on CPU tensors; where there is
+# one they are compiled. Decided here, before any @triton.jit decorator runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+
+@pytest.fixture
+def kernel_device() -> torch.device:
+    """Where the Triton kernels' tensors live: the CPU under the interpreter, else the GPU."""
+    return torch.device("cpu" if TRITON_INTERPRETED else "cuda")
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
 """Every CPU backend against the plain-torch reference on the same inputs (docs/algorithm.md#aggregation)."""
 
+import re
+import sys
+
 import pytest
 import torch
 from aggregation_rounds import NUM_BLOCKS, assert_same_result, batched, make_round, poisoned
 
-from fedbrb_fast.aggregation import Accumulator, AggregationError, AggregationRule, ClientUpdate, aggregate
+from fedbrb_fast.aggregation import Accumulator, AggregationError, AggregationRule, ClientUpdate, aggregate, index_runs
 from fedbrb_fast.aggregation.backends import get_backend
 from fedbrb_fast.models import extract
 
@@ -96,18 +99,47 @@ def test_auto_picks_numba_on_cpu_and_says_so():
     assert aggregate(params, layout, updates, RULES["overlap"]).backend == "reference"
 
 
+def exactly(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
 def test_unknown_and_unavailable_backends_are_named(monkeypatch):
     layout, params, updates = make_round("mlp", "heterofl")
-    with pytest.raises(AggregationError, match="unknown aggregation backend 'fast'"):
+    unknown = ("unknown aggregation backend 'fast'; expected one of "
+               "('reference', 'torch', 'numba', 'triton', 'cuda', 'auto')")
+    with pytest.raises(AggregationError, match=exactly(unknown)):
         aggregate(params, layout, updates, RULES["overlap"], backend="fast")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("triton", "cuda", "cupy"):
-        needs_gpu = f"'{name}'.*needs a CUDA GPU.*CPU backends: reference, torch, numba"
-        with pytest.raises(AggregationError, match=needs_gpu):
+        needs_gpu = (f"aggregation backend '{name}' is not available: it needs a CUDA GPU and none is available; "
+                     "CPU backends: reference, torch, numba")
+        with pytest.raises(AggregationError, match=exactly(needs_gpu)):
             aggregate(params, layout, updates, RULES["overlap"], backend=name)
-    with pytest.raises(AggregationError, match="not incremental|plain-torch rule"):
+    reference = ("backend 'reference' is the plain-torch rule of aggregate(); streaming accumulation runs on one of "
+                 "('torch', 'numba', 'triton', 'cuda', 'auto')")
+    with pytest.raises(AggregationError, match=exactly(reference)):
         get_backend("reference", torch.device("cpu"))
+
+
+def test_without_numba_auto_takes_torch_and_numba_names_the_extra(monkeypatch):
+    layout, params, updates = make_round("mlp", "fedbrb")
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
+    index_runs.runs_kernel.cache_clear()
+    try:
+        expected = aggregate(params, layout, updates, RULES["lam0.3"])
+        for given in (updates, batched(updates)):  # stacks of one client and of several (runs of many rows)
+            res = aggregate(params, layout, given, RULES["lam0.3"], backend="auto")
+            assert res.backend == "torch" and index_runs.runs_kernel() is index_runs.runs_of_arrays
+            assert sorted(res.included) == sorted(expected.included)
+            for name in layout.names:
+                assert torch.allclose(res.params[name], expected.params[name], atol=1e-5), name
+        missing = ("aggregation backend 'numba' is not available: the numba aggregation backend needs the 'numba' "
+                   "extra: pip install 'fedbrb-fast[numba]'")
+        with pytest.raises(AggregationError, match=exactly(missing)):
+            aggregate(params, layout, updates, RULES["lam0.3"], backend="numba")
+    finally:
+        index_runs.runs_kernel.cache_clear()
 
 
 def test_error_against_an_exact_float64_aggregate_is_bounded():

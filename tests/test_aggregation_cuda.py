@@ -8,8 +8,9 @@ from importlib.resources import files
 
 import pytest
 import torch
+from aggregation_rounds import NUM_BLOCKS, make_round, to_device
 
-from fedbrb_fast.aggregation import AggregationRule, ClientUpdate, aggregate
+from fedbrb_fast.aggregation import AggregationRule, aggregate
 from fedbrb_fast.aggregation.backends.cuda_backend import SOURCES
 
 CSRC = files("fedbrb_fast.csrc")
@@ -20,6 +21,7 @@ def test_sources_ship_with_the_package():
         assert (CSRC / name).is_file(), name
 
 
+@pytest.mark.slow  # nvcc
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 def test_kernels_compile_for_sm90(tmp_path):
     out = tmp_path / "aggregation_kernels.o"
@@ -32,18 +34,13 @@ def test_kernels_compile_for_sm90(tmp_path):
         assert f" T {launcher}" in symbols, launcher  # the C entry points the binding calls
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the extension is built and run only where a GPU exists")
+@pytest.mark.gpu  # the extension is built and run only where a GPU exists
 def test_cuda_backend_matches_reference_on_gpu():
-    from aggregation_rounds import NUM_BLOCKS, make_round
-
     layout, params, updates = make_round("cnn", "fedbrb", label_mask=True)
     rule = AggregationRule("broadcast", lam=0.3, num_blocks=NUM_BLOCKS)
     expected = aggregate(params, layout, updates, rule)
-    on_gpu = {k: v.cuda() for k, v in params.items()}
+    on_gpu, moved = to_device(params, updates, "cuda")
     for backend in ("cuda", "triton") + (("cupy",) if importlib.util.find_spec("cupy") else ()):
-        moved = [ClientUpdate(u.client, u.weight, tuple(i.cuda() for i in u.indices),
-                              {k: v.cuda() for k, v in u.params.items()}, {k: v.cuda() for k, v in u.masks.items()})
-                 for u in updates]
         got = aggregate(on_gpu, layout, moved, rule, backend=backend)
         assert got.backend == backend
         for name in layout.names:

@@ -1,13 +1,17 @@
 """Pieces of the fused aggregation paths: index sets as contiguous runs, NVTX ranges."""
 
+import sys
+
+import numpy as np
 import nvtx
 import torch
-from aggregation_rounds import NUM_BLOCKS, make_round
+from aggregation_rounds import NUM_BLOCKS, assert_same_result, make_round
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedbrb_fast import profiling
 from fedbrb_fast.aggregation import AggregationRule, aggregate
-from fedbrb_fast.aggregation.index_runs import sliced_axis, whole_axis
+from fedbrb_fast.aggregation.index_runs import runs_kernel, runs_of_arrays, sliced_axis, whole_axis
 from fedbrb_fast.plans import window
 
 
@@ -37,6 +41,10 @@ def test_runs_reproduce_any_index_set(sets):
     assert torch.equal(expand(runs, *index.shape), index)
     for client in runs.per_client():  # maximal runs: consecutive runs never continue each other
         assert all(a[0] + a[2] != b[0] for a, b in zip(client, client[1:]))
+    # numba's loops (runs_kernel with numba installed) and the array version used without it agree
+    assert runs_kernel() is not runs_of_arrays
+    for got, expected in zip(runs_kernel()(index.numpy()), runs_of_arrays(index.numpy()), strict=True):
+        assert got.dtype == expected.dtype == np.int64 and np.array_equal(got, expected)
 
 
 def test_a_whole_axis_is_one_run_per_client():
@@ -59,3 +67,19 @@ def test_phases_and_kernel_launches_are_nvtx_ranges(monkeypatch):
     assert {"aggregate.validate", "aggregate.accumulate", "aggregate.finalize"} <= messages
     for name in layout.names:
         assert f"aggregate.numba.scatter_add:{name}" in messages and f"aggregate.numba.finalize:{name}" in messages
+
+
+def test_nvtx_ranges_are_no_ops_without_the_nvtx_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvtx", None)  # as if nvtx were not installed
+    profiling._nvtx.cache_clear()
+    try:
+        timer = profiling.PhaseTimer()
+        with timer.phase("train"):
+            pass
+        layout, params, updates = make_round("mlp", "fedbrb")
+        rule = AggregationRule("broadcast", 0.3, NUM_BLOCKS)
+        expected = aggregate(params, layout, updates, rule)
+        assert_same_result(aggregate(params, layout, updates, rule, backend="numba"), expected)
+        assert profiling._nvtx() is None and timer.reset()["train"] >= 0
+    finally:
+        profiling._nvtx.cache_clear()

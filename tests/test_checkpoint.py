@@ -69,6 +69,7 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith("sec_")} for r in rows]
 
 
+@pytest.mark.slow  # three runs
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, crash_in_round):
     full = run_experiment(config_from_dict(cfg_dict(tiny_cfg_dict, tmp_path / "full", rounds=5)))
     raw = cfg_dict(tiny_cfg_dict, tmp_path / "crash", rounds=5)
@@ -121,6 +122,7 @@ def run_cfg_file(tmp_path, tiny_cfg_dict, name, rounds, checkpoint_every=1):
     return f
 
 
+@pytest.mark.slow  # CLI processes
 def test_sigkill_mid_run_then_resume_is_exact(tmp_path, tiny_cfg_dict):
     """A real process, really killed (SIGKILL) while training, resumed from its checkpoint."""
     rounds = 40  # far more than the kill leaves time for, on any machine
@@ -142,6 +144,7 @@ def test_sigkill_mid_run_then_resume_is_exact(tmp_path, tiny_cfg_dict):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # CLI processes
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path, tiny_cfg_dict):
     f = run_cfg_file(tmp_path, tiny_cfg_dict, "term", 200, checkpoint_every=0)  # only the signal writes one
     proc = cli("run", str(f))
@@ -154,6 +157,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path, tiny_cfg_dict):
     assert json.loads(json.dumps(state["rows"]))[-1]["round"] == state["round"]
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_resume_errors(tmp_path):
     p = cli("run", "--resume", str(tmp_path / "nothing"))
     _, err = p.communicate(timeout=60)

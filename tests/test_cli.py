@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import tomli_w
 from typer.testing import CliRunner
 
@@ -41,6 +42,7 @@ def test_compare_writes_table_plot_and_runs(tmp_path, tiny_cfg_dict):
     assert set(json.loads((out / "comparison.json").read_text())) == {"fedbrb", "heterofl", "fedavg_small"}
 
 
+@pytest.mark.slow  # every method
 def test_same_scenario_for_every_method(tmp_path, tiny_cfg_dict):
     f = write_cfg(tmp_path, tiny_cfg_dict)
     assert runner.invoke(app, ["compare", str(f), "--methods", "heterofl"]).exit_code == 0

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from fedbrb_fast.config import (
     ConfigError, ExperimentConfig, apply_overrides, config_from_dict, config_to_toml, load_config, parse_override,
@@ -100,5 +101,9 @@ def test_all_problems_reported_together():
 
 def test_config_is_frozen():
     cfg = ExperimentConfig()
-    with pytest.raises(Exception):
-        cfg.rounds = 5  # type: ignore[misc]
+    rounds, lr = cfg.rounds, cfg.train.lr
+    for section, field in ((cfg, "rounds"), (cfg.train, "lr")):  # the top level and every section
+        with pytest.raises(ValidationError) as info:
+            setattr(section, field, 5)
+        assert [(e["type"], e["loc"]) for e in info.value.errors()] == [("frozen_instance", (field,))]
+    assert (cfg.rounds, cfg.train.lr) == (rounds, lr)

@@ -186,6 +186,7 @@ def single_process_run(raw, tmp_path, name):
     return run_experiment(config_from_dict(cfg))
 
 
+@pytest.mark.slow  # rank processes
 @pytest.mark.parametrize("method,extra,launcher", [
     ("fedbrb", {"faults": {"dropout": 0.2, "corrupt": 0.2, "corrupt_kind": "nan", "max_update_norm": 0.9},
                 "clients": {"label_mask": True}}, torchrun),
@@ -228,6 +229,7 @@ def wait_for_rounds(path, n, procs, timeout=60):
     raise AssertionError("the run made no progress")
 
 
+@pytest.mark.slow  # rank processes
 def test_a_killed_rank_fails_the_run_fast_and_it_resumes_on_one_rank(tiny_cfg_dict, tmp_path):
     f, raw = long_run(tiny_cfg_dict, tmp_path, "killed")
     procs = launch("run", str(f))
@@ -247,6 +249,7 @@ def test_a_killed_rank_fails_the_run_fast_and_it_resumes_on_one_rank(tiny_cfg_di
     assert_close_runs(tmp_path / "killed", tmp_path / "single")
 
 
+@pytest.mark.slow  # rank processes
 def test_a_hung_rank_fails_the_run_after_the_timeout(tiny_cfg_dict, tmp_path):
     f, _ = long_run(tiny_cfg_dict, tmp_path, "hung", dist_timeout_s=2)
     procs = launch("run", str(f))
@@ -264,6 +267,7 @@ def test_a_hung_rank_fails_the_run_after_the_timeout(tiny_cfg_dict, tmp_path):
             p.wait()
 
 
+@pytest.mark.slow  # rank processes
 def test_a_one_process_checkpoint_resumes_on_two_ranks(tiny_cfg_dict, tmp_path, crash_in_round):
     f, raw = config_file(tmp_path, {**tiny_cfg_dict, "rounds": 5, "checkpoint": {"every": 2}}, "grown")
     disarm = crash_in_round(4)
@@ -275,6 +279,7 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(tiny_cfg_dict, tmp_path, 
     assert_close_runs(tmp_path / "grown", tmp_path / "single")
 
 
+@pytest.mark.slow  # rank processes
 def test_sigterm_stops_every_rank_after_the_same_round_then_resumes(tiny_cfg_dict, tmp_path):
     f, raw = long_run(tiny_cfg_dict, tmp_path, "stopped")
     procs = launch("run", str(f))

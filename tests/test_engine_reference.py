@@ -30,7 +30,8 @@ def make_cfg(base, **sections):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch,norm,engine", [("mlp", "none", "reference"), ("mlp", "bn", "batched"),
-                                              ("cnn", "gn", "reference"), ("cnn", "bn", "batched")])
+                                              pytest.param("cnn", "gn", "reference", marks=pytest.mark.slow),
+                                              pytest.param("cnn", "bn", "batched", marks=pytest.mark.slow)])
 def test_every_method_runs_and_stays_finite(tiny_cfg_dict, digits_data, method, arch, norm, engine):
     cfg = make_cfg(tiny_cfg_dict, method={"name": method}, train={"engine": engine},
                    model={"arch": arch, "hidden": [16, 16], "norm": norm, "norm_groups": 4})

@@ -194,6 +194,7 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
 # --- running a suite ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a whole suite
 def test_suite_shares_data_and_runs_resume(tmp_path, monkeypatch):
     builds = []
     real_build = execute_module.load_data
@@ -243,6 +244,7 @@ def tree_digest(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # a whole suite
 def test_quick_suite_and_report_through_the_cli(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     res = cli.invoke(app, ["suite", str(EXAMPLES / "synthetic_mlp.toml"), "--quick", "--out", str(runs)])

@@ -16,6 +16,8 @@ from fedbrb_fast.engines import Simulation
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower" / "fedbrb_mnist.py"
 
+pytestmark = pytest.mark.slow  # a Ray simulation in a subprocess
+
 
 def example_config(argv):
     spec = importlib.util.spec_from_file_location("fedbrb_mnist", EXAMPLE)

@@ -360,6 +360,7 @@ def hostile_reply(msg, draw, st):
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
+@pytest.mark.slow  # Hypothesis
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data(), method=st.sampled_from(sorted(STRATEGIES)))

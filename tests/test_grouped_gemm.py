@@ -1,6 +1,7 @@
-"""Grouped block-sliced GEMM: the Triton kernels (under TRITON_INTERPRET=1, set in conftest.py)
-against the plain-torch reference, outputs and gradients, and the reference against an
-independent definition of the wrap-around windows (torch.roll)."""
+"""Grouped block-sliced GEMM: the Triton kernels (on `kernel_device`: CPU tensors under
+TRITON_INTERPRET=1 where there is no GPU, see conftest.py) against the plain-torch reference,
+outputs and gradients, and the reference against an independent definition of the wrap-around
+windows (torch.roll)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,11 @@ TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (2e-3, 2 ** -10), torc
 DTYPES = list(TOLERANCES)
 
 
-def make_inputs(case: Case, dtype: torch.dtype, bias: bool = True, seed: int = 0):
+def make_inputs(case: Case, dtype: torch.dtype, bias: bool = True, seed: int = 0, device: torch.device | str = "cpu"):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.x_shape, generator=gen).to(dtype)
-    w = torch.randn(case.w_shape, generator=gen).to(dtype)
-    b = torch.randn(case.w_shape[:-1], generator=gen).to(dtype) if bias else None
+    x = torch.randn(case.x_shape, generator=gen).to(device, dtype)
+    w = torch.randn(case.w_shape, generator=gen).to(device, dtype)
+    b = torch.randn(case.w_shape[:-1], generator=gen).to(device, dtype) if bias else None
     return x, w, b
 
 
@@ -173,9 +174,9 @@ def test_reference_matches_rolled_source_definition():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CASES)
-def test_forward_and_gradients_match_reference(name, dtype):
+def test_forward_and_gradients_match_reference(name, dtype, kernel_device):
     case = CASES[name]
-    x, w, b = leaves(*make_inputs(case, dtype))
+    x, w, b = leaves(*make_inputs(case, dtype, device=kernel_device))
     y = grouped_linear_triton(x, w, b, case.problems, tiles=case.tiles)
     assert y.dtype == dtype and y.shape == (case.x_shape[0], case.problems.max_out_features)
 
@@ -183,7 +184,7 @@ def test_forward_and_gradients_match_reference(name, dtype):
     y_ref = grouped_linear_reference(xr, wr, br, case.problems)
     assert_close(y, y_ref, dtype)
 
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(kernel_device, dtype)
     grads = torch.autograd.grad(y, (x, w, b), dy)
     grads_ref = torch.autograd.grad(y_ref, (xr, wr, br), dy.float())
     for grad, grad_ref, input_ in zip(grads, grads_ref, (x, w, b), strict=True):
@@ -192,23 +193,23 @@ def test_forward_and_gradients_match_reference(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["ragged_wrapping", "shared_global_source"])
-def test_without_bias(name):
+def test_without_bias(name, kernel_device):
     case = CASES[name]
-    x, w, _ = leaves(*make_inputs(case, torch.float32, bias=False))
+    x, w, _ = leaves(*make_inputs(case, torch.float32, bias=False, device=kernel_device))
     xr, wr = leaves(x, w)
     y = grouped_linear_triton(x, w, None, case.problems, tiles=case.tiles)
     y_ref = grouped_linear_reference(xr, wr, None, case.problems)
     torch.testing.assert_close(y, y_ref)
-    dy = torch.randn(y.shape)
+    dy = torch.randn(y.shape, device=kernel_device)
     grads, grads_ref = torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(y_ref, (xr, wr), dy)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref)
 
 
-def test_strided_inputs_and_broadcast_upstream_gradient():
+def test_strided_inputs_and_broadcast_upstream_gradient(kernel_device):
     """x is a column-strided view and y.sum() hands back a zero-stride gradient."""
     case = CASES["ragged_wrapping"]
-    x_wide, w, b = make_inputs(case, torch.float32)
+    x_wide, w, b = make_inputs(case, torch.float32, device=kernel_device)
     x_wide = torch.cat([x_wide, x_wide], 1)
     x, xr = (leaf[:, ::2] for leaf in leaves(x_wide, x_wide))
     (w, b), (wr, br) = leaves(w, b), leaves(w, b)
@@ -219,9 +220,9 @@ def test_strided_inputs_and_broadcast_upstream_gradient():
         torch.testing.assert_close(leaf.grad, leaf_ref.grad)
 
 
-def test_only_requested_gradients_are_computed():
+def test_only_requested_gradients_are_computed(kernel_device):
     case = CASES["below_tile"]
-    x, w, b = make_inputs(case, torch.float32)
+    x, w, b = make_inputs(case, torch.float32, device=kernel_device)
     (x,) = leaves(x)
     y = grouped_linear_triton(x, w, b, case.problems, tiles=case.tiles)
     (dx,) = torch.autograd.grad(y, (x,), torch.ones_like(y))
@@ -235,7 +236,7 @@ def test_only_requested_gradients_are_computed():
                                                        (b,), torch.ones_like(y))[0])
 
 
-def test_two_layer_chain_like_the_batched_engine():
+def test_two_layer_chain_like_the_batched_engine(kernel_device):
     """Clients of widths 1/4, 1/8, 1/16 of a 64-wide layer (K = 16 blocks of 4), each with a
     full-size copy of the global weights read through its rolling window: layer 0 slices the
     out-axis of [64, 40], layer 1 both axes of [32, 64]; y0 is packed like x, so it feeds layer 1."""
@@ -248,9 +249,10 @@ def test_two_layer_chain_like_the_batched_engine():
     n1 = [2 * s for s in blocks]
     layer0 = GroupedProblems.build(rows, n0, 40, row_start=[4 * b for b in starts0])
     layer1 = GroupedProblems.build(rows, n1, n0, row_start=[2 * b for b in starts1], col_start=[4 * b for b in starts0])
-    x = torch.randn(sum(rows), 40, generator=gen)
+    x = torch.randn(sum(rows), 40, generator=gen).to(kernel_device)
     params = [torch.randn(len(rows), 64, 40, generator=gen), torch.randn(len(rows), 64, generator=gen),
               torch.randn(len(rows), 32, 64, generator=gen), torch.randn(len(rows), 32, generator=gen)]
+    params = [p.to(kernel_device) for p in params]
 
     def run(linear, leaves_):
         w0, b0, w1, b1 = leaves_
@@ -263,38 +265,38 @@ def test_two_layer_chain_like_the_batched_engine():
     kernel_leaves, reference_leaves = leaves(*params), leaves(*params)
     y, y_ref = run(grouped_linear_triton, kernel_leaves), run(reference, reference_leaves)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-5)
-    dy = torch.randn(y.shape, generator=gen)
+    dy = torch.randn(y.shape, generator=gen).to(kernel_device)
     grads = torch.autograd.grad(y, kernel_leaves, dy)
     for grad, grad_ref in zip(grads, torch.autograd.grad(y_ref, reference_leaves, dy), strict=True):
         torch.testing.assert_close(grad, grad_ref, atol=1e-4, rtol=1e-5)
-    window = torch.zeros(64, dtype=torch.bool)
+    window = torch.zeros(64, dtype=torch.bool, device=kernel_device)
     window[(4 * starts0[0] + torch.arange(n0[0])) % 64] = True
     assert (grads[0][0, ~window] == 0).all() and (grads[0][0, window] != 0).all()
 
 
-def test_default_tiles_path_and_zero_outside_problems():
+def test_default_tiles_path_and_zero_outside_problems(kernel_device):
     case = CASES["empty_and_gaps"]
-    x, w, b = make_inputs(case, torch.float32)
+    x, w, b = make_inputs(case, torch.float32, device=kernel_device)
     y = grouped_linear_triton(x, w, b, case.problems)  # default tiles
     torch.testing.assert_close(y, grouped_linear_reference(x, w, b, case.problems))
-    covered = torch.zeros(y.shape, dtype=torch.bool)
+    covered = torch.zeros(y.shape, dtype=torch.bool, device=kernel_device)
     for row, m, n, *_ in case.problems.table.tolist():
         covered[row:row + m, :n] = True
     assert (y[~covered] == 0).all() and (y[covered] != 0).all()
 
 
-def test_no_problems_gives_an_empty_output_and_zero_gradients():
+def test_no_problems_gives_an_empty_output_and_zero_gradients(kernel_device):
     problems = GroupedProblems.build([], [], [])
-    x, w, b = leaves(torch.randn(4, 3), torch.randn(2, 5, 3), torch.randn(2, 5))
+    x, w, b = leaves(*(torch.randn(shape, device=kernel_device) for shape in ((4, 3), (2, 5, 3), (2, 5))))
     y = grouped_linear_triton(x, w, b, problems)
     assert y.shape == (4, 0)
-    grads = torch.autograd.grad(y, (x, w, b), torch.randn(4, 0))
+    grads = torch.autograd.grad(y, (x, w, b), torch.randn(4, 0, device=kernel_device))
     assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, (x, w, b), strict=True))
 
 
-def test_triton_rejects_unsupported_inputs():
+def test_triton_rejects_unsupported_inputs(kernel_device):
     case = CASES["below_tile"]
-    x, w, b = make_inputs(case, torch.float32)
+    x, w, b = make_inputs(case, torch.float32, device=kernel_device)
     with pytest.raises(ValueError, match="support"):
         grouped_linear_triton(x.double(), w.double(), b.double(), case.problems)
     with pytest.raises(ValueError, match="share one dtype"):

@@ -7,9 +7,12 @@ nothing is skipped."""
 
 from __future__ import annotations
 
+import pytest
 from sm90_compile import compile_for_sm90
 
 from fedbrb_fast.kernels.grouped_gemm_compile import variant_launches
+
+pytestmark = pytest.mark.slow  # compiler subprocesses
 
 
 def test_every_variant_compiles_for_sm90(tmp_path):

@@ -2,14 +2,20 @@
 result, and no state changed."""
 
 import math
+import re
+import tomllib
 
+import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientUpdate, aggregate
-from fedbrb_fast.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedbrb_fast.config import ConfigError, ExperimentConfig, config_from_dict, default_config_text, load_config
 from fedbrb_fast.models.layout import ModelLayout, ParamSpec
+
+pytestmark = pytest.mark.slow  # several hundred examples per property
 
 SECTIONS = {
     "data": ["dataset", "partition", "dirichlet_alpha", "shards_per_client", "test_fraction", "root"],
@@ -36,30 +42,114 @@ def config_dicts(draw):
     return raw
 
 
+def config_fields() -> set[str]:
+    """Every settable field: 'rounds', 'train.lr', ..."""
+    out = set()
+    for name, info in ExperimentConfig.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            out |= {f"{name}.{field}" for field in section.model_fields}
+        else:
+            out.add(name)
+    return out
+
+
+CONFIG_FIELDS = config_fields()
+
+
+def named_problems(msg: str) -> list[list[tuple[str, str]]]:
+    """An 'invalid config:' message as its lines, each a list of (field, reason): pydantic gives
+    one line per invalid field; the cross-field checks give one line, problems joined by '; '."""
+    head, *lines = msg.split("\n  ")
+    assert head == "invalid config:" and lines, msg
+    out = []
+    for line in lines:
+        problems = [p.partition(": ") for p in re.split(r"; (?=[a-z_]+\.[a-z_]+: )", line)]
+        assert all(sep and reason.strip() for _, sep, reason in problems), line  # 'field: reason' each
+        out.append([(field, reason) for field, _, reason in problems])
+    return out
+
+
+def within(field: str, path: str) -> bool:
+    """`field` is `path`, lies inside it (clients.widths.0) or holds it."""
+    return field == path or field.startswith(path + ".") or path.startswith(field + ".")
+
+
+def assert_names_the_problems(msg: str, given: set[str]) -> None:
+    """Every problem names a field: one of the `given` key paths (its unknown keys, each reported,
+    or its invalid values), or, for a cross-field check (a message of one line), any config field."""
+    lines = named_problems(msg)
+    for line in lines:
+        for field, reason in line:
+            if reason == "unknown key":
+                assert field in given and field not in CONFIG_FIELDS, (field, msg)
+            elif len(lines) > 1 or not any(within(field, p) for p in CONFIG_FIELDS):
+                assert any(within(field, p) for p in given) and any(within(field, f) for f in CONFIG_FIELDS), (field,
+                                                                                                            msg)
+            else:  # a cross-field check names a field, given or not
+                assert field in CONFIG_FIELDS, (field, msg)
+    unknown = {p for p in given if p not in CONFIG_FIELDS and p.split(".")[0] in SECTIONS.keys() | {"unknown_top"}}
+    reported = {field for line in lines for field, reason in line if reason == "unknown key"}
+    assert reported == unknown, msg
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config_dicts())
 def test_config_parser_accepts_or_names_the_problem(raw):
+    given_paths = {f"{name}.{key}" for name, section in raw.items() if isinstance(section, dict) for key in section}
+    given_paths |= {name for name, value in raw.items() if not isinstance(value, dict)}
     try:
         cfg = config_from_dict(raw)
     except ConfigError as exc:
-        msg = str(exc)
-        assert msg.startswith("invalid config:")
-        fields = {f"{s}.{k}" for s, ks in SECTIONS.items() for k in ks + ["bogus"]} | {"seed", "rounds", "name",
-                                                                                       "unknown_top"} | set(SECTIONS)
-        assert any(f in msg for f in fields), msg
+        assert_names_the_problems(str(exc), given_paths)
     else:
         assert isinstance(cfg, ExperimentConfig)
+        assert not any(p not in CONFIG_FIELDS for p in given_paths)  # an unknown key is never accepted
         for x in (cfg.train.lr, cfg.method.lam, cfg.data.dirichlet_alpha):
             assert math.isfinite(x)
 
 
+DEFAULT = tomllib.loads(default_config_text())
+override_keys = st.one_of(st.sampled_from(sorted(CONFIG_FIELDS)),
+                          st.sampled_from(["bogus", "train.bogus", "train.lr.x", "rounds.x", "data", "a..b", " "]),
+                          st.text(max_size=12))
+override_values = st.one_of(st.sampled_from(["0", "-1", "1e9", "nan", "[]", "['1/3']", "true", "{a = 1}", '"x"']),
+                            st.text(max_size=12))
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=40))
+@given(st.one_of(st.text(max_size=40), st.builds(lambda k, v: f"{k}={v}", override_keys, override_values)))
 def test_overrides_accept_or_name_the_problem(item):
+    """An override is applied, or the error names it: bad syntax, a value used as a section, an
+    unknown key (exactly), or the invalid field it sets."""
+    key, sep, _ = item.partition("=")
+    path = key.strip().split(".")
     try:
         load_config(None, [item])
     except ConfigError as exc:
-        assert str(exc)
+        msg = str(exc)
+    else:
+        msg = None
+    if not sep or not all(path):
+        assert msg == f"override {item!r}: expected key=value, e.g. train.lr=0.1"
+        return
+    node = DEFAULT
+    for part in path[:-1]:
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            assert msg == f"override {item!r}: {part!r} is a value, not a section"
+            return
+    dotted = ".".join(path)
+    top = path[0]
+    if top not in ExperimentConfig.model_fields:
+        assert msg == f"invalid config:\n  {top}: unknown key"
+    elif len(path) > 1 and f"{top}.{path[1]}" not in CONFIG_FIELDS and top not in CONFIG_FIELDS:
+        assert msg == f"invalid config:\n  {top}.{path[1]}: unknown key"
+    elif msg is not None:
+        lines = named_problems(msg)
+        for line in lines:
+            for field, _ in line:  # the override's own field, or a field a cross-field check relates it to
+                assert within(field, dotted) or (len(lines) == 1 and field in CONFIG_FIELDS), (field, msg)
 
 
 LAYOUT = ModelLayout((6, 4), (ParamSpec("w1", (6, 3), (0, None)), ParamSpec("w2", (4, 6), (1, 0)),

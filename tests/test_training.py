@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from fedbrb_fast.models import MLP
 from fedbrb_fast.training import LocalTraining, evaluate, masked_logits, minibatches, train_client
+from fedbrb_fast.training.evaluate import evaluation_sums
 
 
 def toy_problem(n=64, seed=0):
@@ -77,8 +80,17 @@ def test_label_mask_removes_absent_classes_from_softmax():
 
 
 def test_evaluate_counts_correct_predictions():
+    """Identity layers: the logits are the inputs. Three batches of 2, 2, 1 samples."""
     model = MLP(2, [2], 2, norm="none")
-    p = {"hidden0.weight": torch.eye(2), "hidden0.bias": torch.zeros(2), "out.weight": torch.eye(2), "out.bias": torch.zeros(2)}
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
-    acc, loss = evaluate(model, p, x, torch.tensor([0, 1, 1]), batch_size=2)
-    assert acc == pytest.approx(2 / 3) and loss > 0
+    p = {"hidden0.weight": torch.eye(2), "hidden0.bias": torch.zeros(2),
+         "out.weight": torch.eye(2), "out.bias": torch.zeros(2)}
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [0.5, 0.0]])
+    y = torch.tensor([0, 1, 1, 1, 1])  # predictions 0, 1, 0, 1, 0: samples 0, 1 and 3 are right
+    # cross-entropy of logits (a, b): log(e^a + e^b) minus the target's logit
+    losses = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2)),
+              math.log(1 + math.exp(-3)), math.log(1 + math.exp(0.5))]
+    correct, loss_sum = evaluation_sums(model, p, x, y, 2, range(5))
+    assert correct == 3 and loss_sum == pytest.approx(sum(losses), rel=1e-6)
+    acc, loss = evaluate(model, p, x, y, batch_size=2)
+    assert acc == 3 / 5 and loss == pytest.approx(sum(losses) / 5, rel=1e-6)
+    assert evaluation_sums(model, p, x, y, 2, range(2, 5)) == (1, pytest.approx(sum(losses[2:]), rel=1e-6))

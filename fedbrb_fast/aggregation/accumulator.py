@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout
+from ..profiling import nvtx_range
 from .array_types import array_type_of, as_tensor
 from .backends import get_backend
 from .errors import AggregationError, AggregationOverflow
 from .geometry import TensorGeometry
 from .portable import Update, client_update, tensor_layout
-from .ranges import nvtx_range
 from .rule import AggregationResult, AggregationRule
 from .stacks import ClientStack, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums

@@ -10,9 +10,9 @@ from typing import Any
 from torch import Tensor
 
 from ..models.layout import ModelLayout
+from ..profiling import nvtx_range
 from .accumulator import Accumulator
 from .portable import Update, sliced_axes_of
-from .ranges import nvtx_range
 from .rule import AggregationResult, AggregationRule
 from .rules import aggregate_reference
 from .updates import ClientBatch, ClientUpdate

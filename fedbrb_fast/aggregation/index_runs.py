@@ -8,13 +8,17 @@ the channels are consecutive and fall back to short runs elsewhere, with one cod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
+
+from ..optional import import_if_available
+
+RunArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (ptr, start, local, length)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class AxisIndex:
         if self.whole:
             zeros = torch.zeros(n, dtype=torch.int64)
             return Runs(torch.arange(n + 1), zeros, zeros, torch.full((n,), k, dtype=torch.int64))
-        return Runs(*map(torch.from_numpy, _runs_of(self.index.cpu().contiguous().numpy())))
+        return Runs(*map(torch.from_numpy, runs_kernel()(self.index.cpu().contiguous().numpy())))
 
 
 def sliced_axis(index: Tensor) -> AxisIndex:
@@ -58,9 +62,30 @@ def whole_axis(n: int, size: int, device: torch.device | str = "cpu") -> AxisInd
     return AxisIndex(torch.arange(size, device=device).expand(n, size), whole=True)
 
 
-@njit(cache=True)
-def _runs_of(index):
+@cache
+def runs_kernel() -> Callable[[np.ndarray], RunArrays]:
+    """`_runs_of_loops` compiled by numba (5-10x faster than the array version), or
+    `runs_of_arrays` without the 'numba' extra."""
+    numba = import_if_available("numba")
+    return runs_of_arrays if numba is None else numba.njit(cache=True)(_runs_of_loops)
+
+
+def runs_of_arrays(index: np.ndarray) -> RunArrays:
     """(ptr, start, local, length) of the runs of consecutive values in each row of index [n, k]."""
+    n, k = index.shape
+    first = np.ones((n, k), dtype=bool)  # positions that start a run
+    first[:, 1:] = index[:, 1:] != index[:, :-1] + 1
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(first.sum(axis=1), out=ptr[1:])
+    rows, local = np.nonzero(first)  # row-major: client 0's runs first, in order
+    stop = np.append(local[1:], k)
+    if k:  # then every client has runs, and its last one ends at k
+        stop[ptr[1:] - 1] = k
+    return ptr, index[rows, local].astype(np.int64), local.astype(np.int64), (stop - local).astype(np.int64)
+
+
+def _runs_of_loops(index: np.ndarray) -> RunArrays:
+    """`runs_of_arrays` as loops for numba."""
     n, k = index.shape
     ptr = np.zeros(n + 1, np.int64)
     for i in range(n):

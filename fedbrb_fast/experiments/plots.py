@@ -9,18 +9,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from ..outputs import atomic_write_bytes
+from ..outputs.pyplot import pyplot
 
-matplotlib.use("Agg")  # files only; no display on servers or CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..outputs import atomic_write_bytes  # noqa: E402
+PLOTS = "the suite figures"
 
 
 def _save(fig: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    pyplot(PLOTS).close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -28,6 +26,7 @@ def plot_scenario_curves(scenario: Mapping[str, Any], arm_kinds: Mapping[str, st
                          title: str) -> None:
     """One line per arm (mean over seeds) with a ± std band; variants dashed. Arms keep the order
     of `arm_kinds` (the suite's), so an arm has the same colour in every scenario."""
+    plt = pyplot(PLOTS)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     cmap = plt.get_cmap("tab10")
     colors = [cmap(i) for i in range(cmap.N)]
@@ -63,6 +62,7 @@ def plot_coverage(coverage: Mapping[str, Any], arms: Sequence[str], path: str | 
     whole = coverage["whole_tiles"]
     cols = min(5, len(means))
     rows = math.ceil(len(means) / cols)
+    plt = pyplot(PLOTS)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows + 0.6), dpi=110, squeeze=False)
     for ax in axes.flat[len(means):]:
         ax.axis("off")

@@ -7,12 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from .atomic import atomic_write_bytes
+from .pyplot import pyplot
 
-matplotlib.use("Agg")  # files only; no display on servers or CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .atomic import atomic_write_bytes  # noqa: E402
+PLOT = "the accuracy plot (accuracy.png)"
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
@@ -35,6 +33,7 @@ def comparison_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 
 def plot_accuracy(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str) -> None:
     """Test accuracy against round, one line per method, written atomically as PNG."""
+    plt = pyplot(PLOT)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method, rows in histories.items():
         pts = [(r["round"], 100 * r["accuracy"]) for r in rows if r.get("accuracy") is not None]

@@ -7,12 +7,12 @@ compiled by NVRTC) is chosen only by name.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 
 import torch
 
+from ...optional import available, install_hint
 from ..errors import AggregationError
 from .base import Backend
 
@@ -48,10 +48,10 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
             return f"it needs a CUDA GPU and none is available; CPU backends: {', '.join(CPU_BACKENDS)}"
         if device.type != "cuda" and not interpreted:
             return f"it runs on CUDA tensors and the global parameters are on {device}; move them to the GPU"
-        if name == "triton" and importlib.util.find_spec("triton") is None:
-            return "the triton package is not installed (pip install 'fedbrb-fast[gpu]')"
-        if name == "cupy" and importlib.util.find_spec("cupy") is None:
-            return "the cupy package is not installed (pip install 'fedbrb-fast[cupy]')"
+        if name == "triton" and not available("triton"):
+            return install_hint("triton", "the triton aggregation backend")
+        if name == "cupy" and not available("cupy"):
+            return install_hint("cupy", "the cupy aggregation backend")
         if name == "cuda":
             return _cuda_build_failure()
         if name == "cupy":
@@ -59,8 +59,8 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     if name == "numba":
         if device.type != "cpu":
             return f"it runs on CPU tensors and the global parameters are on {device}"
-        if importlib.util.find_spec("numba") is None:
-            return "the numba package is not installed"
+        if not available("numba"):
+            return install_hint("numba", "the numba aggregation backend")
     return None
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
+from ...optional import require
 from ..rule import AggregationRule
 from ..stacks import SliceStack
 from ..sums import TensorSums
 from . import numba_kernels
+
+numba = require("numba", "the numba aggregation backend")
 
 # Row bands per thread: enough that clients (each covering a few bands) balance across threads.
 BANDS_PER_THREAD = 8

@@ -14,7 +14,11 @@ the loop's speed): they propagate into A, where the caller looks for them once p
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+
+from ...optional import require
+
+require("numba", "the numba aggregation backend")
+from numba import njit, prange  # noqa: E402
 
 
 @njit(inline="always", boundscheck=False)

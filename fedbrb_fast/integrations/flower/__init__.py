@@ -5,16 +5,14 @@ API, plus a ClientApp helper that trains the sub-model it receives.
 Needs the optional extra: ``pip install 'fedbrb-fast[flower]'``.
 """
 
-try:
-    import flwr  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("fedbrb_fast.integrations.flower needs Flower: pip install 'fedbrb-fast[flower]'") from exc
+from ...optional import require
 
-from .client import make_client_app
-from .evaluation import global_evaluate_fn
-from .from_config import ConfigPartitions, client_app_from_config, strategy_from_config
-from .records import PlanRecord
-from .strategy import FedBRB, FedRolex, HeteroFL, RoundReport, SubModelStrategy
+require("flwr", "fedbrb_fast.integrations.flower")  # before the submodules import it
+from .client import make_client_app  # noqa: E402
+from .evaluation import global_evaluate_fn  # noqa: E402
+from .from_config import ConfigPartitions, client_app_from_config, strategy_from_config  # noqa: E402
+from .records import PlanRecord  # noqa: E402
+from .strategy import FedBRB, FedRolex, HeteroFL, RoundReport, SubModelStrategy  # noqa: E402
 
 __all__ = ["ConfigPartitions", "FedBRB", "FedRolex", "HeteroFL", "PlanRecord", "RoundReport", "SubModelStrategy",
            "client_app_from_config", "global_evaluate_fn", "make_client_app", "strategy_from_config"]
