@@ -6,7 +6,6 @@ compare the groups' means (bench_aggregation.py prints the ratios and GB/s direc
 from __future__ import annotations
 
 import pytest
-
 from aggregation_cases import copy_buffers, fancy_index_loop, make_case, run_backend
 
 CASES = ("mlp", "cnn")

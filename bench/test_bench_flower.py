@@ -5,7 +5,6 @@ the same 100 reply Messages (width-1/8 sub-models of 784-[1024,1024]-10). Collec
 from __future__ import annotations
 
 import pytest
-
 from flower_cases import decode_only, fedbrb_aggregate, flower_fedavg_aggregate, make_case, prepare_round
 
 

@@ -8,10 +8,10 @@ not a timing (marked in extra_info) — and the baselines are timed on CPU on th
 
 from __future__ import annotations
 
+import bench_grouped_gemm as bench  # sets TRITON_INTERPRET=1 before triton is imported when there is no GPU
 import pytest
 import torch
 
-import bench_grouped_gemm as bench  # sets TRITON_INTERPRET=1 before triton is imported when there is no GPU
 from fedbrb_fast.kernels.grouped_gemm_launch import default_tiles
 
 SPEC = bench.REALISTIC if bench.GPU else bench.TINY

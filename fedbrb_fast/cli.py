@@ -11,16 +11,16 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
-from .methods import METHODS
 from .engines import DistributedError, is_main_process
 from .experiments import ReportError
+from .methods import METHODS
 from .optional import MissingExtraError
 from .outputs import OutputDirError
 from .runner import DataError, RunInterrupted, RunWriteFailed, compare_methods, resume_experiment, run_experiment
@@ -28,8 +28,8 @@ from .runner import DataError, RunInterrupted, RunWriteFailed, compare_methods, 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Simulate model-heterogeneous (small-to-large) federated learning: FedBRB and its baselines.")
 
-ConfigArg = Annotated[Optional[Path], typer.Argument(help="TOML config; the embedded default when left out")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a field, e.g. --set train.lr=0.1")]
+ConfigArg = Annotated[Path | None, typer.Argument(help="TOML config; the embedded default when left out")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field, e.g. --set train.lr=0.1")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="on an error, print the traceback as well")]
 DEFAULT_METHODS = "fedbrb,fedrolex,heterofl,fd,fedavg_small"
 
@@ -75,7 +75,7 @@ def _explain(exc: Exception) -> tuple[int, str]:
 
 @app.command()
 def run(config: ConfigArg = None, set_: SetOpt = None,
-        resume: Annotated[Optional[Path], typer.Option(
+        resume: Annotated[Path | None, typer.Option(
             help="continue the unfinished run in this output folder, with its saved config")] = None,
         overwrite: Annotated[bool, typer.Option(
             "--overwrite", help="replace the run already in output_dir (its files are removed first)")] = False,
@@ -133,7 +133,7 @@ SUITE_RUNS, QUICK_SUITE_RUNS = Path("runs/suites"), Path("runs/suites-quick")
 @app.command()
 def suite(suite_file: Annotated[Path, typer.Argument(help="suite TOML, e.g. examples/suites/mnist1d_mlp.toml")],
           quick: Annotated[bool, typer.Option(help="smoke test: the suite's [quick] seeds and overrides")] = False,
-          out: Annotated[Optional[Path], typer.Option(help=f"runs folder (default {SUITE_RUNS}; {QUICK_SUITE_RUNS} "
+          out: Annotated[Path | None, typer.Option(help=f"runs folder (default {SUITE_RUNS}; {QUICK_SUITE_RUNS} "
                                                            "with --quick)")] = None,
           overwrite: Annotated[bool, typer.Option(
               "--overwrite", help="replace run folders that hold a run of another config (the suite changed)")] = False,

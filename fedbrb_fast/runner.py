@@ -21,11 +21,25 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_toml, load_config
 from .data import FederatedData
-from .methods import METHODS
 from .engines import Simulation, build_federated_data, is_main_process
+from .methods import METHODS
 from .outputs import (
-    CHECKPOINT, MODEL, SUMMARY, OutputDirError, OutputWriteError, RunWriter, atomic_write_bytes, atomic_write_text,
-    check_writable, clear_results, comparison_table, held_run, plot_accuracy, read_metrics, summarize, survey,
+    CHECKPOINT,
+    MODEL,
+    SUMMARY,
+    OutputDirError,
+    OutputWriteError,
+    RunWriter,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    clear_results,
+    comparison_table,
+    held_run,
+    plot_accuracy,
+    read_metrics,
+    summarize,
+    survey,
 )
 from .outputs.pyplot import pyplot
 from .outputs.report import PLOT

@@ -1,4 +1,5 @@
-"""Per-round schedules for the learning rate and the broadcast weight lam (docs/algorithm.md#local-training, #aggregation)."""
+"""Per-round schedules for the learning rate and the broadcast weight lam
+(docs/algorithm.md#local-training, #aggregation)."""
 
 from __future__ import annotations
 

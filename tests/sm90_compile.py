@@ -17,6 +17,6 @@ def compile_for_sm90(module: str, cache_dir, shards: int = 2) -> list[str]:
     runs = [subprocess.Popen([sys.executable, "-m", module, "--arch", "90", "--shard", f"{i}/{shards}"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(shards)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs):
+    for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-4000:]
     return [line for output in outputs for line in output.splitlines() if line.startswith("compiled ")]

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from fedbrb_fast.aggregation import AggregationError, AggregationOverflow, AggregationRule, ClientUpdate, aggregate, rule_for_method
+from fedbrb_fast.aggregation import (
+    AggregationError,
+    AggregationOverflow,
+    AggregationRule,
+    ClientUpdate,
+    aggregate,
+    rule_for_method,
+)
 from fedbrb_fast.models.layout import ModelLayout, ParamSpec, extract
 from fedbrb_fast.plans import make_round_plans
 
@@ -22,7 +29,9 @@ def zeros():
 
 
 def test_overlap_average_hand_computed():
-    res = aggregate(zeros(), LAYOUT, [update(0, 1, [0, 1], 1, 1), update(1, 3, [1, 2], 2, 2)], AggregationRule("overlap"))
+    res = aggregate(
+        zeros(), LAYOUT, [update(0, 1, [0, 1], 1, 1), update(1, 3, [1, 2], 2, 2)], AggregationRule("overlap")
+    )
     assert res.params["w"][:, 0].tolist() == [1.0, 1.75, 2.0, 0.0]
     assert res.params["b"].tolist() == [1.0, 1.75, 2.0, 0.0]
     assert res.included == [0, 1] and res.excluded == {}
@@ -51,8 +60,10 @@ def test_weighted_broadcast_hand_computed(lam):
 def test_broadcast_lam_one_gives_every_tile_the_same_update():
     torch.manual_seed(0)
     p = {"w": torch.randn(4, 3), "b": torch.randn(4)}
-    ups = [ClientUpdate(i, float(i + 1), (torch.tensor(r),), {"w": torch.randn(2, 3), "b": torch.randn(2)})
-           for i, r in enumerate([[0, 1], [2, 3], [0, 1]])]
+    ups = [
+        ClientUpdate(i, float(i + 1), (torch.tensor(r),), {"w": torch.randn(2, 3), "b": torch.randn(2)})
+        for i, r in enumerate([[0, 1], [2, 3], [0, 1]])
+    ]
     res = aggregate(p, LAYOUT, ups, AggregationRule("broadcast", lam=1.0, num_blocks=2))
     step = res.params["w"] - p["w"]
     assert torch.allclose(step[0:2], step[2:4], atol=1e-6)
@@ -79,12 +90,20 @@ def random_round(method, seed=0, k=4, clients=7):
     g = torch.Generator().manual_seed(seed)
     p = {s.name: torch.randn(s.shape, generator=g) for s in layout.params}
     widths = [0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25][:clients]
-    plans = make_round_plans(method, 3, list(range(clients)), widths, group_sizes=layout.group_sizes, num_blocks=k, seed=seed)
+    plans = make_round_plans(
+        method, 3, list(range(clients)), widths, group_sizes=layout.group_sizes, num_blocks=k, seed=seed
+    )
     ups = []
     for pl in plans:
         sub = extract(p, layout, pl.indices)
-        ups.append(ClientUpdate(pl.client, float(torch.randint(1, 50, (1,), generator=g)), pl.indices,
-                                {n: t + 0.1 * torch.randn(t.shape, generator=g) for n, t in sub.items()}))
+        ups.append(
+            ClientUpdate(
+                pl.client,
+                float(torch.randint(1, 50, (1,), generator=g)),
+                pl.indices,
+                {n: t + 0.1 * torch.randn(t.shape, generator=g) for n, t in sub.items()},
+            )
+        )
     return layout, p, ups
 
 
@@ -125,7 +144,10 @@ def test_non_finite_update_is_excluded_and_reported(bad):
 def test_all_updates_excluded_leaves_model_unchanged():
     res = aggregate(zeros(), LAYOUT, [update(0, 1, [0, 1], float("nan"), 0)], AggregationRule("overlap"))
     assert res.included == [] and torch.equal(res.params["w"], torch.zeros(4, 3))
-    assert aggregate(zeros(), LAYOUT, [], AggregationRule("broadcast", lam=0.5, num_blocks=2)).params["b"].tolist() == [0.0] * 4
+    assert (
+        aggregate(zeros(), LAYOUT, [], AggregationRule("broadcast", lam=0.5, num_blocks=2)).params["b"].tolist()
+        == [0.0] * 4
+    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
@@ -148,8 +170,12 @@ def test_a_cast_to_half_that_overflows_is_refused(backend):
     """Finite float32 sums whose float16 result is past 65504: row 2's delta of 120000 is
     broadcast (lam = 1) onto row 0, which already holds 60000."""
     p = {"w": torch.zeros(4, 3, dtype=torch.float16), "b": torch.tensor([6e4, 0, -6e4, 0], dtype=torch.float16)}
-    up = ClientUpdate(0, 1.0, (torch.tensor([2, 3]),), {"w": torch.zeros(2, 3, dtype=torch.float16),
-                                                        "b": torch.tensor([6e4, 0], dtype=torch.float16)})
+    up = ClientUpdate(
+        0,
+        1.0,
+        (torch.tensor([2, 3]),),
+        {"w": torch.zeros(2, 3, dtype=torch.float16), "b": torch.tensor([6e4, 0], dtype=torch.float16)},
+    )
     with pytest.raises(AggregationOverflow, match="global b"):
         aggregate(p, LAYOUT, [up], AggregationRule("broadcast", lam=1.0, num_blocks=2), backend=backend)
 
@@ -162,25 +188,48 @@ def test_label_mask_rows_do_not_enter_aggregation():
 
 
 def test_zero_weight_clients_change_nothing():
-    res = aggregate(zeros(), LAYOUT, [update(0, 0.0, [0, 1], 4, 4)], AggregationRule("broadcast", lam=0.5, num_blocks=2))
+    res = aggregate(
+        zeros(), LAYOUT, [update(0, 0.0, [0, 1], 4, 4)], AggregationRule("broadcast", lam=0.5, num_blocks=2)
+    )
     assert torch.equal(res.params["w"], torch.zeros(4, 3))
 
 
 BAD_CASES = {
-    "shape": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(3, 3), "b": torch.zeros(2)}), "shape"),
+    "shape": (
+        lambda: ClientUpdate(0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(3, 3), "b": torch.zeros(2)}),
+        "shape",
+    ),
     "index out of range": (lambda: update(0, 1, [3, 4], 1, 1), "outside"),
     "negative index": (lambda: update(0, 1, [-1, 0], 1, 1), "outside"),
     "repeated index": (lambda: update(0, 1, [1, 1], 1, 1), "repeats"),
-    "float index": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0.0, 1.0]),), {"w": torch.zeros(2, 3), "b": torch.zeros(2)}), "integer"),
+    "float index": (
+        lambda: ClientUpdate(0, 1.0, (torch.tensor([0.0, 1.0]),), {"w": torch.zeros(2, 3), "b": torch.zeros(2)}),
+        "integer",
+    ),
     "negative weight": (lambda: update(0, -1.0, [0, 1], 1, 1), "weight"),
     "nan weight": (lambda: update(0, math.nan, [0, 1], 1, 1), "weight"),
     "inf weight": (lambda: update(0, math.inf, [0, 1], 1, 1), "weight"),
     "missing tensor": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(2, 3)}), "missing"),
-    "unknown tensor": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(2, 3), "b": torch.zeros(2), "x": torch.zeros(1)}), "unknown"),
-    "wrong group count": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0]), torch.tensor([0])), {"w": torch.zeros(1, 3), "b": torch.zeros(1)}), "index sets"),
+    "unknown tensor": (
+        lambda: ClientUpdate(
+            0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(2, 3), "b": torch.zeros(2), "x": torch.zeros(1)}
+        ),
+        "unknown",
+    ),
+    "wrong group count": (
+        lambda: ClientUpdate(
+            0, 1.0, (torch.tensor([0]), torch.tensor([0])), {"w": torch.zeros(1, 3), "b": torch.zeros(1)}
+        ),
+        "index sets",
+    ),
     "bad mask": (lambda: update(0, 1, [0, 1], 1, 1, {"b": torch.ones(3)}), "mask"),
     "negative mask": (lambda: update(0, 1, [0, 1], 1, 1, {"b": -torch.ones(2)}), "mask"),
-    "integer tensor": (lambda: ClientUpdate(0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(2, 3, dtype=torch.int64), "b": torch.zeros(2)}), "floating"),
+    "integer tensor": (
+        lambda: ClientUpdate(
+            0, 1.0, (torch.tensor([0, 1]),), {"w": torch.zeros(2, 3, dtype=torch.int64), "b": torch.zeros(2)}
+        ),
+        "floating",
+    ),
 }
 
 
@@ -232,9 +281,12 @@ def test_stacked_batch_aggregates_like_its_single_updates():
 
     layout, p, ups = random_round("fedbrb")
     same = [u for u in ups if len(u.indices[0]) == len(ups[0].indices[0])]
-    batch = ClientBatch(tuple(u.client for u in same), torch.tensor([u.weight for u in same]),
-                        tuple(torch.stack([u.indices[g] for u in same]) for g in range(2)),
-                        {n: torch.stack([u.params[n] for u in same]) for n in layout.names})
+    batch = ClientBatch(
+        tuple(u.client for u in same),
+        torch.tensor([u.weight for u in same]),
+        tuple(torch.stack([u.indices[g] for u in same]) for g in range(2)),
+        {n: torch.stack([u.params[n] for u in same]) for n in layout.names},
+    )
     rest = [u for u in ups if u not in same]
     rule = AggregationRule("broadcast", lam=0.4, num_blocks=4)
     a = aggregate(p, layout, [batch, *rest], rule)

@@ -81,7 +81,7 @@ def test_inputs_are_never_modified(backend):
     saved = [{k: v.clone() for k, v in u.params.items()} for u in updates]
     res = aggregate(params, layout, items, RULES["lam1"], backend=backend)
     assert all(torch.equal(before[k], params[k]) for k in params)
-    assert all(torch.equal(s[k], u.params[k]) for s, u in zip(saved, updates) for k in s)
+    assert all(torch.equal(s[k], u.params[k]) for s, u in zip(saved, updates, strict=True) for k in s)
     assert all(res.params[k].data_ptr() != params[k].data_ptr() for k in params)
 
 

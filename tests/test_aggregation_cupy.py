@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from aggregation_rounds import NUM_BLOCKS, make_round
+from test_aggregation_public_api import portable, sliced_axes
 
 from fedbrb_fast.aggregation import AggregationError, AggregationRule, Update, aggregate, aggregate_arrays
 from fedbrb_fast.aggregation.array_types import array_type_of, as_tensor, library_of
-
-from aggregation_rounds import NUM_BLOCKS, make_round
-from test_aggregation_public_api import portable, sliced_axes
 
 RULE = AggregationRule("broadcast", lam=0.3, num_blocks=NUM_BLOCKS)
 

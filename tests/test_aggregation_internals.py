@@ -1,5 +1,6 @@
 """Pieces of the fused aggregation paths: index sets as contiguous runs, NVTX ranges."""
 
+import itertools
 import sys
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_runs_reproduce_any_index_set(sets):
     runs = sliced_axis(index).runs
     assert torch.equal(expand(runs, *index.shape), index)
     for client in runs.per_client():  # maximal runs: consecutive runs never continue each other
-        assert all(a[0] + a[2] != b[0] for a, b in zip(client, client[1:]))
+        assert all(a[0] + a[2] != b[0] for a, b in itertools.pairwise(client))
     # numba's loops (runs_kernel with numba installed) and the array version used without it agree
     assert runs_kernel() is not runs_of_arrays
     for got, expected in zip(runs_kernel()(index.numpy()), runs_of_arrays(index.numpy()), strict=True):

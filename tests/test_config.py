@@ -2,7 +2,13 @@ import pytest
 from pydantic import ValidationError
 
 from fedbrb_fast.config import (
-    ConfigError, ExperimentConfig, apply_overrides, config_from_dict, config_to_toml, load_config, parse_override,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_toml,
+    load_config,
+    parse_override,
 )
 
 

@@ -49,8 +49,8 @@ def test_shards_client_labels():
 def test_partition_is_seeded():
     ds = tiny_dataset()
     a, b, c = (make_federated(ds, num_clients=5, partition="iid", seed=s) for s in (0, 0, 1))
-    assert all(torch.equal(x, y) for x, y in zip(a.client_indices, b.client_indices))
-    assert not all(torch.equal(x, y) for x, y in zip(a.client_indices, c.client_indices))
+    assert all(torch.equal(x, y) for x, y in zip(a.client_indices, b.client_indices, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a.client_indices, c.client_indices, strict=True))
 
 
 def test_natural_partition_uses_the_dataset_clients(synthetic):

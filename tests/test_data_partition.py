@@ -75,8 +75,8 @@ def test_shards_shuffle_within_classes_and_depend_on_rng():
     a = partition_indices(labels, 10, "shards", rng=np.random.default_rng(0), shards_per_client=2)
     b = partition_indices(labels, 10, "shards", rng=np.random.default_rng(0), shards_per_client=2)
     c = partition_indices(labels, 10, "shards", rng=np.random.default_rng(1), shards_per_client=2)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     # Labels are already sorted, so unshuffled shards would be the aligned runs 0-9, 10-19, ...;
     # a shard is instead a random subset of its class.
     assert any(len(np.unique(p // 10)) * 10 != len(p) for p in a)
@@ -94,7 +94,9 @@ def test_dirichlet_small_alpha_is_more_skewed():
     labels = np.repeat(np.arange(10), 200)
     skew = {}
     for alpha in (0.05, 1.0, 100.0):
-        draws = [partition_indices(labels, 20, "dirichlet", rng=np.random.default_rng(s), alpha=alpha) for s in range(5)]
+        draws = [
+            partition_indices(labels, 20, "dirichlet", rng=np.random.default_rng(s), alpha=alpha) for s in range(5)
+        ]
         skew[alpha] = np.mean([label_skew(parts, labels) for parts in draws])
     assert skew[0.05] > skew[1.0] > skew[100.0]
     assert skew[0.05] > 0.6 and skew[100.0] < 0.1

@@ -169,7 +169,7 @@ def assert_close_runs(dist_dir, single_dir, atol=ATOL):
     got = comparable(read_metrics(dist_dir / "metrics.jsonl"))
     want = comparable(read_metrics(single_dir / "metrics.jsonl"))
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.keys() == w.keys()
         for k in g:
             if isinstance(w[k], float):

@@ -10,13 +10,13 @@ from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
 from fedbrb_fast.models import CNN, MLP
-from fedbrb_fast.models.stacked import gather_stacked
 from fedbrb_fast.models.layout import extract
+from fedbrb_fast.models.stacked import gather_stacked
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
+from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import LocalTraining, minibatches
 from fedbrb_fast.training.batched import build_schedule
-from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 
 SIZES = [1, 7, 13, 20, 33, 9, 16, 4]  # unequal: a single sample, short last batches, idle steps
 

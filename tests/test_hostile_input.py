@@ -160,7 +160,7 @@ LAYOUT = ModelLayout((6, 4), (ParamSpec("w1", (6, 3), (0, None)), ParamSpec("w2"
 def hostile_updates(draw):
     n = draw(st.integers(0, 4))
     out = []
-    for i in range(n):
+    for _ in range(n):
         k0, k1 = draw(st.integers(0, 7)), draw(st.integers(0, 5))
         idx0 = torch.tensor(draw(st.lists(st.integers(-2, 7), min_size=k0, max_size=k0)), dtype=torch.int64)
         idx1 = torch.tensor(draw(st.lists(st.integers(-2, 5), min_size=k1, max_size=k1)), dtype=torch.int64)

@@ -6,8 +6,16 @@ import pytest
 
 from fedbrb_fast.config import ExperimentConfig
 from fedbrb_fast.outputs import (
-    METRIC_COLUMNS, OutputWriteError, RunWriter, append_line, append_lines_together, atomic_write_text,
-    comparison_table, plot_accuracy, read_metrics, summarize,
+    METRIC_COLUMNS,
+    OutputWriteError,
+    RunWriter,
+    append_line,
+    append_lines_together,
+    atomic_write_text,
+    comparison_table,
+    plot_accuracy,
+    read_metrics,
+    summarize,
 )
 
 

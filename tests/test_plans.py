@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from fedbrb_fast.plans import (
-    assign_widths, element_coverage, fedbrb_indices, make_round_plans, rolling_block_start, sample_clients,
+    assign_widths,
+    element_coverage,
+    fedbrb_indices,
+    make_round_plans,
+    rolling_block_start,
+    sample_clients,
     tile_coverage,
 )
 
@@ -54,7 +59,7 @@ def test_fd_is_random_sorted_and_reproducible():
     a = make_round_plans("fd", 2, [1, 4], [0.25, 0.5], group_sizes=[16, 8], num_blocks=4, seed=11)
     b = make_round_plans("fd", 2, [4, 1], [0.5, 0.25], group_sizes=[16, 8], num_blocks=4, seed=11)
     assert as_lists(a[0]) == as_lists(b[1]) and as_lists(a[1]) == as_lists(b[0])  # order-independent
-    for p, k in zip(a, (4, 8)):
+    for p, k in zip(a, (4, 8), strict=True):
         idx = p.indices[0]
         assert len(idx) == k and torch.equal(idx, idx.sort().values) and idx.unique().numel() == k
     c = make_round_plans("fd", 3, [1], [0.25], group_sizes=[16, 8], num_blocks=4, seed=11)
@@ -98,7 +103,9 @@ def test_mixed_widths_cover_every_tile(k):
 def test_round_with_k_squared_clients_trains_every_tile(k):
     sizes = [2 * k, 2 * k, 2 * k]
     for t in (0, 3):
-        plans = make_round_plans("fedbrb", t, list(range(k * k)), [1 / k] * (k * k), group_sizes=sizes, num_blocks=k, seed=0)
+        plans = make_round_plans(
+            "fedbrb", t, list(range(k * k)), [1 / k] * (k * k), group_sizes=sizes, num_blocks=k, seed=0
+        )
         for g in range(2):
             assert tile_coverage(plans, g + 1, g, sizes[g + 1], sizes[g], k).min() == 1
 
@@ -112,8 +119,16 @@ def test_diagonal_ablation_misses_off_diagonal_tiles():
 
 def test_measured_coverage_of_baselines_in_small_to_large():
     k, n = 4, 16
-    rolex = [p for t in range(n) for p in make_round_plans("fedrolex", t, [0], [1 / k], group_sizes=[n, n], num_blocks=k, seed=0)]
-    hetero = [p for t in range(n) for p in make_round_plans("heterofl", t, [0], [1 / k], group_sizes=[n, n], num_blocks=k, seed=0)]
+    rolex = [
+        p
+        for t in range(n)
+        for p in make_round_plans("fedrolex", t, [0], [1 / k], group_sizes=[n, n], num_blocks=k, seed=0)
+    ]
+    hetero = [
+        p
+        for t in range(n)
+        for p in make_round_plans("heterofl", t, [0], [1 / k], group_sizes=[n, n], num_blocks=k, seed=0)
+    ]
     # HeteroFL trains one tile of K*K, forever.
     h_tiles = tile_coverage(hetero, 1, 0, n, n, k)
     assert (h_tiles > 0).sum() == 1 and h_tiles[0, 0] == n
@@ -123,7 +138,11 @@ def test_measured_coverage_of_baselines_in_small_to_large():
     assert (element_coverage(rolex, 1, 0, n, n) > 0).float().mean() == pytest.approx((2 * w - 1) / n)
     full = tile_coverage(rolex, 1, 0, n, n, k)
     assert torch.equal(full > 0, torch.eye(k, dtype=torch.bool))
-    brb = [p for t in range(k) for p in make_round_plans("fedbrb", t, list(range(k)), [1 / k] * k, group_sizes=[n, n], num_blocks=k, seed=0)]
+    brb = [
+        p
+        for t in range(k)
+        for p in make_round_plans("fedbrb", t, list(range(k)), [1 / k] * k, group_sizes=[n, n], num_blocks=k, seed=0)
+    ]
     assert (element_coverage(brb, 1, 0, n, n) > 0).all()
 
 
@@ -137,8 +156,10 @@ def test_assign_widths_follows_proportions():
     w = assign_widths(10, [0.25, 0.125], [3, 1], seed=0)
     assert sorted(w).count(0.25) == 8 and w.count(0.125) == 2  # 7.5 / 2.5 -> largest remainder
     assert w == assign_widths(10, [0.25, 0.125], [3, 1], seed=0)
-    assert any(assign_widths(10, [0.25, 0.125], [1, 1], seed=s) != assign_widths(10, [0.25, 0.125], [1, 1], seed=0)
-               for s in range(1, 5))
+    assert any(
+        assign_widths(10, [0.25, 0.125], [1, 1], seed=s) != assign_widths(10, [0.25, 0.125], [1, 1], seed=0)
+        for s in range(1, 5)
+    )
 
 
 def test_sample_clients_sorted_distinct_and_seeded():

@@ -21,7 +21,7 @@ def test_minibatches_cover_each_epoch_once_with_short_last_batch():
     for e in range(2):
         assert sorted(torch.cat(batches[5 * e:5 * e + 5]).tolist()) == list(range(23))
     again = minibatches(23, 5, 2, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
 def test_local_training_learns_and_is_deterministic():

@@ -21,13 +21,12 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from aggregation_cases import Case, make_case
+from harness import Context, Recorder, poison_allocator, relative_error
 from torch import Tensor
 
 from fedbrb_fast.aggregation import AggregationRule, ClientBatch, aggregate
 from fedbrb_fast.kernels import aggregation as ref
-
-from aggregation_cases import Case, make_case
-from harness import Context, Recorder, poison_allocator, relative_error
 
 # (clients, rows, cols, inner, client rows, client cols)
 SCATTER_SHAPES = [(3, 12, 10, 3, 5, 4), (2, 7, 13, 1, 7, 5), (5, 3, 31, 2, 3, 29), (1, 17, 1, 1, 11, 1)]

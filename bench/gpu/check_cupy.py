@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 import torch
+from aggregation_cases import make_case
+from harness import Context, Recorder, Skip, relative_error
 
 from fedbrb_fast.aggregation import ClientBatch, Update, aggregate, aggregate_arrays
 from fedbrb_fast.aggregation.array_types import as_tensor
 from fedbrb_fast.models.layout import ModelLayout
-
-from aggregation_cases import make_case
-from harness import Context, Recorder, Skip, relative_error
 
 TOLERANCE = 1e-5
 

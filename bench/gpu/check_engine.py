@@ -9,14 +9,13 @@ import typing
 from typing import Any
 
 import torch
+from harness import Context, Recorder, relative_error
 
 from fedbrb_fast.config import ModelConfig, config_from_dict
-from fedbrb_fast.methods import METHODS
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import Simulation
 from fedbrb_fast.engines.simulation import RoundRecord, build_federated_data
-
-from harness import Context, Recorder, relative_error
+from fedbrb_fast.methods import METHODS
 
 ROUNDS = 2
 PARAMS_TOLERANCE = 2e-4  # relative to each tensor's largest entry (the CPU tests allow atol 1e-4, rtol 1e-3)

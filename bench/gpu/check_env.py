@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import torch
-
 from harness import Context, Recorder, interleaved
 
 NOISE_LIMIT = 0.15

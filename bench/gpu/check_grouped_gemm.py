@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from bench_grouped_gemm import CHECK_TOLERANCE, LayerCase, check_kernel
+from harness import Context, Recorder, poisoned, relative_error
 from torch import Tensor
 
 from fedbrb_fast.kernels.grouped_gemm import GroupedProblems, TileConfig, grouped_linear_reference
@@ -23,9 +25,6 @@ from fedbrb_fast.kernels.grouped_gemm_launch import (
     grad_weight_launch,
 )
 from fedbrb_fast.kernels.grouped_gemm_reference import wrapped_window
-
-from bench_grouped_gemm import CHECK_TOLERANCE, LayerCase, check_kernel
-from harness import Context, Recorder, poisoned, relative_error
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
 from harness import Context, Recorder, Skip
 
 HERE = Path(__file__).resolve().parent
@@ -84,10 +83,10 @@ def nvtx_include_dir() -> Path | None:
 
 
 def one_round(ctx: Context) -> list[dict]:
+    from check_engine import config
+
     from fedbrb_fast.config import config_from_dict
     from fedbrb_fast.engines import Simulation
-
-    from check_engine import config
 
     raw = config("mlp", "fedbrb", ctx.seed % 100_000, ctx.cuda, engine="batched", device=ctx.device.type,
                  linear_backend="triton" if ctx.cuda else "torch")

@@ -122,7 +122,8 @@ def preload() -> None:
     """Import once what most checks use, so each forked child starts with it (imports cost
     seconds per process). None of these touches CUDA or makes an NVTX call at import."""
     for module in ("torch", "numpy", "triton", "fedbrb_fast.config", "fedbrb_fast.data", "fedbrb_fast.engines",
-                   "fedbrb_fast.aggregation", "fedbrb_fast.kernels.grouped_gemm", "fedbrb_fast.kernels.aggregation_triton"):
+                   "fedbrb_fast.aggregation", "fedbrb_fast.kernels.grouped_gemm",
+                   "fedbrb_fast.kernels.aggregation_triton"):
         importlib.import_module(module)
 
 
@@ -130,8 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton interpreted")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu-check")
-    parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
-                        help="comma-separated check names (a rerun of the failed ones)")
+    parser.add_argument(
+        "--only",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=[],
+        help="comma-separated check names (a rerun of the failed ones)",
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget (default 450 GPU, 300 dry)")
     parser.add_argument("--work-dir", default=os.environ.get("FEDBRB_GPU_CHECK_WORK", "/tmp/fedbrb-gpu-check/work"))
     parser.add_argument("--seed", type=int, default=None, help="replay a run's random inputs")
@@ -149,7 +154,8 @@ def run_isolated(spec: CheckSpec, dry_run: bool, work: Path, seed: int, cap_s: f
     sys.stdout.flush()
     sys.stderr.flush()
     child = multiprocessing.get_context("fork").Process(
-        target=run_check, args=(spec, dry_run, work, seed, started + cap_s, dict(earlier), result_path))
+        target=run_check, args=(spec, dry_run, work, seed, started + cap_s, dict(earlier), result_path)
+    )
     child.start()
     child.join(cap_s + GRACE_S)
     if child.is_alive():
@@ -163,21 +169,30 @@ def run_isolated(spec: CheckSpec, dry_run: bool, work: Path, seed: int, cap_s: f
         result = skipped(spec, "")
         result.update(status="failed", error=f"the check's process died (exit code {child.exitcode})")
     result["seconds"] = round(time.monotonic() - started, 2)
-    print(f"-- {spec.name}: {result['status']} in {result['seconds']:.1f} s"
-          + (f" ({result['error']})" if result.get("error") else ""), flush=True)
+    print(
+        f"-- {spec.name}: {result['status']} in {result['seconds']:.1f} s"
+        + (f" ({result['error']})" if result.get("error") else ""),
+        flush=True,
+    )
     return result
 
 
-def run_check(spec: CheckSpec, dry_run: bool, work: Path, seed: int, deadline: float, earlier: dict,
-              result_path: Path) -> None:
+def run_check(
+    spec: CheckSpec, dry_run: bool, work: Path, seed: int, deadline: float, earlier: dict, result_path: Path
+) -> None:
     """In the child: run one check and write its result."""
     import torch
-
     from harness import Context, Recorder, Skip
 
     torch.set_num_threads(max(1, min(16, os.cpu_count() or 1)) if not dry_run else 2)
-    ctx = Context(dry_run=dry_run, device=torch.device("cpu" if dry_run else "cuda"), work_dir=work,
-                  deadline=deadline, seed=seed, earlier=earlier)
+    ctx = Context(
+        dry_run=dry_run,
+        device=torch.device("cpu" if dry_run else "cuda"),
+        work_dir=work,
+        deadline=deadline,
+        seed=seed,
+        earlier=earlier,
+    )
     rec = Recorder(spec.name)
     status, error = "ok", None
     try:
@@ -192,15 +207,33 @@ def run_check(spec: CheckSpec, dry_run: bool, work: Path, seed: int, deadline: f
     if rec.failures and status != "failed":
         status = "failed"
         error = error or f"{len(rec.failures)} failed: {rec.failures[0]}" + (" ..." if len(rec.failures) > 1 else "")
-    result = {"name": spec.name, "family": spec.family, "what": spec.what, "status": status, "error": error,
-              "summary": rec.summary, "cases": rec.cases, "metrics": rec.metrics, "skipped_parts": rec.skipped}
+    result = {
+        "name": spec.name,
+        "family": spec.family,
+        "what": spec.what,
+        "status": status,
+        "error": error,
+        "summary": rec.summary,
+        "cases": rec.cases,
+        "metrics": rec.metrics,
+        "skipped_parts": rec.skipped,
+    }
     result_path.write_text(json.dumps(result, default=str))
     sys.stdout.flush()
 
 
 def skipped(spec: CheckSpec, reason: str) -> dict:
-    return {"name": spec.name, "family": spec.family, "what": spec.what, "status": "skipped", "error": reason,
-            "summary": "", "cases": [], "metrics": {}, "skipped_parts": []}
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "what": spec.what,
+        "status": "skipped",
+        "error": reason,
+        "summary": "",
+        "cases": [],
+        "metrics": {},
+        "skipped_parts": [],
+    }
 
 
 def start_extension_build(work: Path) -> tuple[subprocess.Popen, float, Path] | None:
@@ -225,8 +258,14 @@ def finish_extension_build(build: tuple[subprocess.Popen, float, Path] | None) -
     return {"returncode": proc.returncode, "log_tail": log.read_text()[-2000:] if proc.returncode else ""}
 
 
-def build_report(args: argparse.Namespace, seed: int, selected: list[CheckSpec], results: dict[str, dict],
-                 wall_s: float, extension_build: dict | None) -> dict:
+def build_report(
+    args: argparse.Namespace,
+    seed: int,
+    selected: list[CheckSpec],
+    results: dict[str, dict],
+    wall_s: float,
+    extension_build: dict | None,
+) -> dict:
     env = results.get("environment", {}).get("metrics", {})
     targets = [t for r in results.values() for t in r.get("metrics", {}).get("targets", [])]
     return {
@@ -234,9 +273,13 @@ def build_report(args: argparse.Namespace, seed: int, selected: list[CheckSpec],
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "mode": "dry-run" if args.dry_run else "gpu",
             "command": "bash bench/gpu/run.sh " + " ".join(sys.argv[1:]),
-            "seed": seed, "budget_s": args.budget_s, "wall_s": round(wall_s, 1),
-            "host": platform.node(), "source": source_revision(),
-            "versions": env.get("versions", {}), "extension_build": extension_build,
+            "seed": seed,
+            "budget_s": args.budget_s,
+            "wall_s": round(wall_s, 1),
+            "host": platform.node(),
+            "source": source_revision(),
+            "versions": env.get("versions", {}),
+            "extension_build": extension_build,
         },
         "checks": results,
         "expected_checks": [c.name for c in selected],
@@ -252,8 +295,9 @@ def source_revision() -> str:
     if recorded.exists():
         return recorded.read_text().strip()
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -271,11 +315,15 @@ def print_table(report: dict) -> None:
             text += f"  (skipped {len(r['skipped_parts'])} parts)"
         print(f"{name:20} {r['status']:8} {r.get('seconds', 0):6.1f}  {text[:150]}")
     for t in report["targets"]:
-        print(f"target {t['name']}: {t['value']:.4g} {t['unit']} vs {t['target']} -> "
-              f"{'met' if t['met'] else 'MISSED'}{' (' + t['note'] + ')' if t.get('note') else ''}")
+        print(
+            f"target {t['name']}: {t['value']:.4g} {t['unit']} vs {t['target']} -> "
+            f"{'met' if t['met'] else 'MISSED'}{' (' + t['note'] + ')' if t.get('note') else ''}"
+        )
     if report["noisy"]:
-        print("NOISY RUN: matmul peak or copy bandwidth moved by more than 15% during the run; rerun before "
-              "reporting any speed figure")
+        print(
+            "NOISY RUN: matmul peak or copy bandwidth moved by more than 15% during the run; rerun before "
+            "reporting any speed figure"
+        )
     print(f"failed: {', '.join(report['failed'])}" if report["failed"] else "no check failed")
 
 

@@ -19,7 +19,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import torch  # noqa: E402
-
 from harness import Context  # noqa: E402
 
 
@@ -41,9 +40,9 @@ def done(ctx: Context, what: str) -> int:
 
 
 def aggregation_kernels(ctx: Context) -> int:
-    from fedbrb_fast.kernels import aggregation_triton
-
     from check_aggregation import apply_inputs, run_apply, run_scatter, scatter_inputs
+
+    from fedbrb_fast.kernels import aggregation_triton
 
     impls: dict[str, Any] = {"triton": aggregation_triton}
     if ctx.cuda:
@@ -71,14 +70,14 @@ def aggregation_kernels(ctx: Context) -> int:
 
 
 def grouped_gemm_kernels(ctx: Context) -> int:
+    from check_grouped_gemm import DTYPE_NAMES, inputs, problem_sets
+
     from fedbrb_fast.kernels.grouped_gemm_launch import (
         default_tiles,
         forward_launch,
         grad_input_launch,
         grad_weight_launch,
     )
-
-    from check_grouped_gemm import DTYPE_NAMES, inputs, problem_sets
 
     g = torch.Generator().manual_seed(0)
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if ctx.cuda else [])

@@ -15,11 +15,10 @@ import importlib.util
 from typing import Any
 
 import torch
-
-from fedbrb_fast.aggregation import Accumulator, ClientBatch, aggregate
-
 from aggregation_cases import Case, make_case
 from harness import Context, Recorder, interleaved
+
+from fedbrb_fast.aggregation import Accumulator, ClientBatch, aggregate
 
 TARGET_COPY_FRACTION = 0.5
 

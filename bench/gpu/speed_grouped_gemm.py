@@ -14,11 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from fedbrb_fast.kernels.grouped_gemm_launch import default_tiles
-
 from bench_grouped_gemm import LAYERS, PASSES, REALISTIC, TINY, bmm_fns, kernel_fns, loop_fns, make_case
 from harness import Context, Recorder, interleaved
+
+from fedbrb_fast.kernels.grouped_gemm_launch import default_tiles
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -46,26 +45,44 @@ def speed_grouped_gemm(ctx: Context, rec: Recorder) -> None:
                 times = interleaved({impl: f[pass_name] for impl, f in fns.items()}, ctx.sync, reps=reps,
                                     min_sample_s=min_sample_s)
                 flops = baseline.flops * (1 if pass_name == "forward" else 3)
-                row: dict[str, Any] = {"layer": layer, "dtype": dtype_name, "pass": pass_name, "clients": len(baseline.problems.table),
-                       "useful_gflop": flops / 1e9,
-                       "impls": {impl: {"tflops": flops / t.best / 1e12, **t.as_dict()} for impl, t in times.items()}}
+                row: dict[str, Any] = {
+                    "layer": layer,
+                    "dtype": dtype_name,
+                    "pass": pass_name,
+                    "clients": len(baseline.problems.table),
+                    "useful_gflop": flops / 1e9,
+                    "impls": {impl: {"tflops": flops / t.best / 1e12, **t.as_dict()} for impl, t in times.items()},
+                }
                 if "triton_compact" in times:
                     row["triton_over_bmm"] = times["bmm_padded"].best / times["triton_compact"].best
                     row["triton_over_loop"] = times["loop"].best / times["triton_compact"].best
                 rows.append(row)
-                print(f"  {layer:8} {dtype_name} {pass_name:17} " + ", ".join(
-                    f"{impl} {r['tflops']:.2f} TFLOP/s" for impl, r in row["impls"].items()), flush=True)
+                print(
+                    f"  {layer:8} {dtype_name} {pass_name:17} "
+                    + ", ".join(f"{impl} {r['tflops']:.2f} TFLOP/s" for impl, r in row["impls"].items()),
+                    flush=True,
+                )
     rec.metric("rows", rows)
     if ctx.cuda and rows:
         worst = min(rows, key=lambda r: r["triton_over_bmm"])
-        rec.metric("targets", [{
-            "name": "Triton grouped GEMM vs padded cuBLAS bmm (worst of layers x dtypes x passes)",
-            "value": worst["triton_over_bmm"], "unit": "x (bmm time / triton time)", "target": ">= 1",
-            "met": worst["triton_over_bmm"] >= 1.0,
-            "note": f"worst: {worst['layer']} {worst['dtype']} {worst['pass']}; all: " + ", ".join(
-                f"{r['layer']}/{r['dtype']}/{r['pass']} x{r['triton_over_bmm']:.2f}" for r in rows)}])
-        rec.summary = (f"triton vs padded bmm x{min(r['triton_over_bmm'] for r in rows):.2f}.."
-                       f"x{max(r['triton_over_bmm'] for r in rows):.2f}, vs loop up to "
-                       f"x{max(r['triton_over_loop'] for r in rows):.0f}")
+        rec.metric(
+            "targets",
+            [
+                {
+                    "name": "Triton grouped GEMM vs padded cuBLAS bmm (worst of layers x dtypes x passes)",
+                    "value": worst["triton_over_bmm"],
+                    "unit": "x (bmm time / triton time)",
+                    "target": ">= 1",
+                    "met": worst["triton_over_bmm"] >= 1.0,
+                    "note": f"worst: {worst['layer']} {worst['dtype']} {worst['pass']}; all: "
+                    + ", ".join(f"{r['layer']}/{r['dtype']}/{r['pass']} x{r['triton_over_bmm']:.2f}" for r in rows),
+                }
+            ],
+        )
+        rec.summary = (
+            f"triton vs padded bmm x{min(r['triton_over_bmm'] for r in rows):.2f}.."
+            f"x{max(r['triton_over_bmm'] for r in rows):.2f}, vs loop up to "
+            f"x{max(r['triton_over_loop'] for r in rows):.0f}"
+        )
     else:
         rec.summary = f"{len(rows)} baseline timings (no kernel timing without a GPU)"

@@ -18,6 +18,8 @@ from functools import partial
 from typing import Any
 
 import torch
+from harness import Context, Recorder, interleaved
+from training_loop import train_round_per_client
 
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, RoundContext
@@ -25,9 +27,6 @@ from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
-
-from harness import Context, Recorder, interleaved
-from training_loop import train_round_per_client
 
 SAMPLES, DRY_SAMPLES, BATCH = 50, 10, 10
 HP = LocalTraining(epochs=1, batch_size=BATCH, lr=0.05, momentum=0.9, weight_decay=5e-4)

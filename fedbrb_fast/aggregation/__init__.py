@@ -13,7 +13,21 @@ from .updates import ClientBatch, ClientUpdate, as_updates
 from .validation import non_finite_tensors, validate_updates
 
 __all__ = [
-    "BACKENDS", "Accumulator", "AggregationError", "AggregationOverflow", "AggregationResult", "AggregationRule", "ClientBatch",
-    "ClientUpdate", "PartialSums", "Update", "aggregate", "aggregate_arrays", "as_updates", "non_finite_tensors",
-    "rule_for_method", "tensor_layout", "validate_updates",
+    "BACKENDS",
+    "Accumulator",
+    "AggregationError",
+    "AggregationOverflow",
+    "AggregationResult",
+    "AggregationRule",
+    "ClientBatch",
+    "ClientUpdate",
+    "PartialSums",
+    "Update",
+    "aggregate",
+    "aggregate_arrays",
+    "as_updates",
+    "non_finite_tensors",
+    "rule_for_method",
+    "tensor_layout",
+    "validate_updates",
 ]

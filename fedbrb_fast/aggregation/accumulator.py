@@ -167,10 +167,11 @@ class Accumulator:
                     overflowed.append(name)  # finite inputs, non-finite sums
         if overflowed:
             raise AggregationOverflow(overflowed)
-        # inputs' array type: numpy or DLPack arrays, which AggregationResult.params (typed for tensors) does not express
+        # the inputs' array type: numpy or DLPack arrays, which AggregationResult.params (tensors) does not express
         params: dict[str, Any] = {name: self._array_type.wrap(t) for name, t in new.items()}
-        return AggregationResult(params=params, included=list(self.included), excluded=dict(self.excluded),
-                                 backend=self.backend)
+        return AggregationResult(
+            params=params, included=list(self.included), excluded=dict(self.excluded), backend=self.backend
+        )
 
     # -- helpers ---------------------------------------------------------------------------------
     def _all_finite(self, out: Tensor, cast: Tensor) -> bool:

@@ -33,8 +33,11 @@ class Runs:
 
     def per_client(self) -> list[list[tuple[int, int, int]]]:
         """(start, local, length) triples per client, as Python ints (for slice-wise loops)."""
-        ptr, triples = self.ptr.tolist(), list(zip(self.start.tolist(), self.local.tolist(), self.length.tolist()))
-        return [triples[ptr[i]:ptr[i + 1]] for i in range(len(ptr) - 1)]
+        ptr, triples = (
+            self.ptr.tolist(),
+            list(zip(self.start.tolist(), self.local.tolist(), self.length.tolist(), strict=True)),
+        )
+        return [triples[ptr[i] : ptr[i + 1]] for i in range(len(ptr) - 1)]
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def client_update(update: Update, layout: ModelLayout, client: int) -> ClientUpd
             elif not torch.equal(known, index):
                 raise AggregationError(f"client {client}: {spec.name} axis {axis} disagrees with another tensor "
                                        f"sliced by the same channel group {group}")
-    full = [ix if ix is not None else torch.arange(n) for ix, n in zip(indices, layout.group_sizes)]
+    full = [ix if ix is not None else torch.arange(n) for ix, n in zip(indices, layout.group_sizes, strict=True)]
     try:
         weight = float(update.weight)
     except (TypeError, ValueError):

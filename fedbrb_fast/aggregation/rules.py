@@ -43,7 +43,7 @@ def aggregate_reference(global_params: Mapping[str, Tensor], layout: ModelLayout
 
 def _positions(spec: ParamSpec, indices: Sequence[Tensor]) -> list[Tensor]:
     """Global index along every axis of the client tensor (whole axes: arange)."""
-    return [indices[g] if g is not None else torch.arange(n) for n, g in zip(spec.shape, spec.axis_groups)]
+    return [indices[g] if g is not None else torch.arange(n) for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
 
 
 def _mesh(axes: list[Tensor]) -> tuple[Tensor, ...]:

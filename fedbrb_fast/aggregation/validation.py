@@ -27,7 +27,9 @@ def validate_updates(global_params: Mapping[str, Tensor], layout: ModelLayout, u
         raise AggregationError(f"global parameters lack tensors {missing}")
     for spec in layout.params:
         if tuple(global_params[spec.name].shape) != spec.shape:
-            raise AggregationError(f"global tensor {spec.name}: shape {tuple(global_params[spec.name].shape)}, layout says {spec.shape}")
+            raise AggregationError(
+                f"global tensor {spec.name}: shape {tuple(global_params[spec.name].shape)}, layout says {spec.shape}"
+            )
     seen: set[int] = set()
     for u in updates:
         who = f"client {u.client}"
@@ -54,8 +56,10 @@ def validate_updates(global_params: Mapping[str, Tensor], layout: ModelLayout, u
             try:
                 torch.broadcast_shapes(mask.shape, u.params[name].shape)
             except RuntimeError:
-                raise AggregationError(f"{who}: mask of {name} with shape {tuple(mask.shape)} does not broadcast "
-                                       f"to {tuple(u.params[name].shape)}") from None
+                raise AggregationError(
+                    f"{who}: mask of {name} with shape {tuple(mask.shape)} does not broadcast "
+                    f"to {tuple(u.params[name].shape)}"
+                ) from None
             if not torch.isfinite(mask).all() or (mask < 0).any():
                 raise AggregationError(f"{who}: mask of {name} must be finite and >= 0")
 
@@ -63,7 +67,7 @@ def validate_updates(global_params: Mapping[str, Tensor], layout: ModelLayout, u
 def _validate_indices(who: str, indices: Sequence[Tensor], group_sizes: Sequence[int]) -> None:
     if len(indices) != len(group_sizes):
         raise AggregationError(f"{who}: {len(indices)} index sets for {len(group_sizes)} channel groups")
-    for g, (idx, n) in enumerate(zip(indices, group_sizes)):
+    for g, (idx, n) in enumerate(zip(indices, group_sizes, strict=True)):
         if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
             raise AggregationError(f"{who}: index set of group {g} must be a 1-d integer tensor")
         if idx.numel() == 0:
@@ -79,8 +83,12 @@ def non_finite_tensors(update: ClientUpdate) -> list[str]:
     return [n for n, t in update.params.items() if not torch.isfinite(t).all()]
 
 
-def check_items(global_params: Mapping[str, Tensor], layout: ModelLayout, items: Sequence[ClientUpdate | ClientBatch],
-                seen: Collection[int] = ()) -> None:
+def check_items(
+    global_params: Mapping[str, Tensor],
+    layout: ModelLayout,
+    items: Sequence[ClientUpdate | ClientBatch],
+    seen: Collection[int] = (),
+) -> None:
     """Raise AggregationError as validate_updates would; also for a client already in `seen`."""
     batches = [b for b in items if isinstance(b, ClientBatch)]
     for b in batches:
@@ -120,7 +128,7 @@ def _batch_problem(b: ClientBatch, layout: ModelLayout) -> str | None:
         return "a weight is negative or not finite"
     if len(b.indices) != len(layout.group_sizes):
         return "wrong number of index sets"
-    for idx, n in zip(b.indices, layout.group_sizes):
+    for idx, n in zip(b.indices, layout.group_sizes, strict=True):
         if idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 2 or idx.shape[1] == 0:
             return "an index set is not a non-empty 1-d integer tensor"
         if idx.min() < 0 or idx.max() >= n:

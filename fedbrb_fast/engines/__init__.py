@@ -2,8 +2,8 @@
 simulation wires plan -> train -> aggregate -> evaluate."""
 
 from .base import Engine
-from .context import CombinedRound, RoundContext, TrainedRound
 from .batched import BatchedEngine, width_chunks
+from .context import CombinedRound, RoundContext, TrainedRound
 from .distributed import DistributedEngine
 from .process_group import DistributedError, is_main_process
 from .reference import ReferenceEngine

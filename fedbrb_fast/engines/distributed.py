@@ -63,7 +63,7 @@ class DistributedEngine(Engine):
         sums, table = self._all_reduce(local.partial_sums(), table)
         total = Accumulator(global_params, layout, rule, backend=backend)
         total.add_partial_sums(sums)
-        rows = list(zip(self._round_clients, table.tolist()))
+        rows = list(zip(self._round_clients, table.tolist(), strict=True))
         excluded = {}
         if any(row[EXCLUDED] for _, row in rows):  # every rank sees the same table, so all gather or none do
             for reasons in self.ranks.all_gather_object(left_out, "the gather of the round's exclusion reasons"):

@@ -78,7 +78,9 @@ class Simulation:
         self.data = data if data is not None else build_federated_data(cfg)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes)
         self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
-        self.client_widths = assign_widths(cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed)
+        self.client_widths = assign_widths(
+            cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed
+        )
         self.engine = make_engine(cfg)
         self.round_idx = 0
         self.timer = PhaseTimer()
@@ -92,14 +94,32 @@ class Simulation:
         start = time.perf_counter()
         with self.timer.phase("plan"):
             clients = sample_clients(t, cfg.clients.num_clients, cfg.clients.per_round, cfg.seed)
-            plans = make_round_plans(cfg.method.name, t, clients, [self.client_widths[c] for c in clients],
-                                     group_sizes=self.model.layout.group_sizes, num_blocks=cfg.num_blocks,
-                                     seed=cfg.seed, schedule=cfg.method.schedule)
-        lr = lr_at(t, lr=cfg.train.lr, schedule=cfg.train.lr_schedule, milestones=cfg.train.lr_milestones,
-                   gamma=cfg.train.lr_gamma)
-        ctx = RoundContext(round_idx=t, seed=cfg.seed, model=self.model, data=self.data,
-                           local=LocalTraining.of(cfg.train, lr),
-                           weighting=cfg.clients.weighting, label_masking=cfg.clients.label_mask)
+            plans = make_round_plans(
+                cfg.method.name,
+                t,
+                clients,
+                [self.client_widths[c] for c in clients],
+                group_sizes=self.model.layout.group_sizes,
+                num_blocks=cfg.num_blocks,
+                seed=cfg.seed,
+                schedule=cfg.method.schedule,
+            )
+        lr = lr_at(
+            t,
+            lr=cfg.train.lr,
+            schedule=cfg.train.lr_schedule,
+            milestones=cfg.train.lr_milestones,
+            gamma=cfg.train.lr_gamma,
+        )
+        ctx = RoundContext(
+            round_idx=t,
+            seed=cfg.seed,
+            model=self.model,
+            data=self.data,
+            local=LocalTraining.of(cfg.train, lr),
+            weighting=cfg.clients.weighting,
+            label_masking=cfg.clients.label_mask,
+        )
         f = cfg.faults
         dropped = pick_clients(clients, f.dropout, cfg.seed, t, salt=1)
         trained = self.engine.train_round(ctx, [p for p in plans if p.client not in dropped], self.params, self.timer)
@@ -110,22 +130,35 @@ class Simulation:
         with self.timer.phase("aggregate"):
             updates, too_large = self._screen(trained.updates)
             try:
-                combined = self.engine.combine(self.params, self.model.layout, updates,
-                                               rule_for_method(cfg.method.name, lam, cfg.num_blocks),
-                                               backend=cfg.aggregation.backend, screened=too_large,
-                                               train_losses=trained.train_losses)
+                combined = self.engine.combine(
+                    self.params,
+                    self.model.layout,
+                    updates,
+                    rule_for_method(cfg.method.name, lam, cfg.num_blocks),
+                    backend=cfg.aggregation.backend,
+                    screened=too_large,
+                    train_losses=trained.train_losses,
+                )
             except AggregationOverflow as exc:  # every rank sees the same sums, so all take this branch
                 combined = CombinedRound(AggregationResult(self.params, [], {c: str(exc) for c in returned}), {})
             result = combined.result
             self.params = result.params
         self.round_idx += 1
         excluded = result.excluded
-        events = ([FaultEvent(self.round_idx, c, "dropout", "never returned") for c in sorted(dropped)]
-                  + [FaultEvent(self.round_idx, c, "corrupted", f"injected {f.corrupt_kind}") for c in sorted(corrupted)]
-                  + [FaultEvent(self.round_idx, c, "excluded", why) for c, why in sorted(excluded.items())])
+        events = (
+            [FaultEvent(self.round_idx, c, "dropout", "never returned") for c in sorted(dropped)]
+            + [FaultEvent(self.round_idx, c, "corrupted", f"injected {f.corrupt_kind}") for c in sorted(corrupted)]
+            + [FaultEvent(self.round_idx, c, "excluded", why) for c, why in sorted(excluded.items())]
+        )
         if not result.included:
-            events.append(FaultEvent(self.round_idx, None, "no_updates",
-                                     "no client update reached aggregation; the global model is unchanged"))
+            events.append(
+                FaultEvent(
+                    self.round_idx,
+                    None,
+                    "no_updates",
+                    "no client update reached aggregation; the global model is unchanged",
+                )
+            )
         accuracy = loss = None
         if self.round_idx % cfg.eval.every == 0 or self.finished:
             with self.timer.phase("evaluate"):
@@ -133,10 +166,20 @@ class Simulation:
         seconds = self.timer.reset()
         seconds["total"] = time.perf_counter() - start
         kept = [combined.train_losses[c] for c in result.included]
-        return RoundRecord(round=self.round_idx, method=cfg.method.name, accuracy=accuracy, loss=loss,
-                           train_loss=sum(kept) / len(kept) if kept else None, lr=lr,
-                           lam=lam if cfg.method.name == "fedbrb" else None, clients=len(plans),
-                           dropped=len(dropped), excluded=len(excluded), seconds=seconds, events=events)
+        return RoundRecord(
+            round=self.round_idx,
+            method=cfg.method.name,
+            accuracy=accuracy,
+            loss=loss,
+            train_loss=sum(kept) / len(kept) if kept else None,
+            lr=lr,
+            lam=lam if cfg.method.name == "fedbrb" else None,
+            clients=len(plans),
+            dropped=len(dropped),
+            excluded=len(excluded),
+            seconds=seconds,
+            events=events,
+        )
 
     def _screen(self, updates):
         """Drop updates whose norm exceeds faults.max_update_norm (NaN norms are left to
@@ -160,9 +203,9 @@ class Simulation:
         self.round_idx = round_idx
 
     def evaluate(self) -> tuple[float, float]:
-        return self.engine.evaluate(self.model, self.params, self.data.x_test, self.data.y_test,
-                                    self.cfg.eval.batch_size)
+        return self.engine.evaluate(
+            self.model, self.params, self.data.x_test, self.data.y_test, self.cfg.eval.batch_size
+        )
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.params.items()}
-

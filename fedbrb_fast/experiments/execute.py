@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from functools import partial
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from tqdm.auto import tqdm
 from ..config import ExperimentConfig, config_to_toml
 from ..data import FederatedData
 from ..outputs import OutputDirError, OutputWriteError, atomic_write_text, check_writable, clear_results, held_run
-from ..runner import RunWriteFailed, load_data, run_or_continue
 from ..outputs.pyplot import pyplot
+from ..runner import RunWriteFailed, load_data, run_or_continue
 from .plots import PLOTS
 from .suite import RunOutcome, RunSpec, Suite, data_key, expand_runs, result_key
 from .summary import build_summary, write_suite_plots

@@ -10,7 +10,14 @@ from typing import Any
 
 from ..outputs import atomic_write_text
 from .claims import (
-    ORDERING, SUBMODEL_BASELINES, Pair, Verdict, first_margin, ordering_verdicts, overall, smallest_only_verdicts,
+    ORDERING,
+    SUBMODEL_BASELINES,
+    Pair,
+    Verdict,
+    first_margin,
+    ordering_verdicts,
+    overall,
+    smallest_only_verdicts,
     tally,
 )
 from .formatting import describe_method, format_widths, mean_pm_std, pct, pts

@@ -3,7 +3,15 @@
 from .atomic import OutputWriteError, append_line, append_lines_together, atomic_write_bytes, atomic_write_text
 from .report import comparison_table, plot_accuracy
 from .run_folder import (
-    CHECKPOINT, MODEL, SUMMARY, FolderContents, HeldRun, OutputDirError, check_writable, clear_results, held_run,
+    CHECKPOINT,
+    MODEL,
+    SUMMARY,
+    FolderContents,
+    HeldRun,
+    OutputDirError,
+    check_writable,
+    clear_results,
+    held_run,
     survey,
 )
 from .run_writer import METRIC_COLUMNS, RunWriter, read_metrics, summarize

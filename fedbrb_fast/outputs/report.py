@@ -26,8 +26,10 @@ def comparison_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for m in order:
         s = summaries[m]
-        lines.append(f"| {m} | {_fmt(s.get('final_accuracy'), True)} | {_fmt(s.get('best_accuracy'), True)} | "
-                     f"{_fmt(s.get('final_loss'))} | {s.get('rounds')} | {s.get('seconds', {}).get('total', 0.0):.1f} |")
+        lines.append(
+            f"| {m} | {_fmt(s.get('final_accuracy'), True)} | {_fmt(s.get('best_accuracy'), True)} | "
+            f"{_fmt(s.get('final_loss'))} | {s.get('rounds')} | {s.get('seconds', {}).get('total', 0.0):.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -38,7 +40,7 @@ def plot_accuracy(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: st
     for method, rows in histories.items():
         pts = [(r["round"], 100 * r["accuracy"]) for r in rows if r.get("accuracy") is not None]
         if pts:
-            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3, label=method)
+            ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None, markersize=3, label=method)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)

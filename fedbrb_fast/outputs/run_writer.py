@@ -44,14 +44,20 @@ class RunWriter:
         """Rewrite the logs to hold exactly `rows` and `events` (resuming drops whatever a crash
         left after the checkpoint)."""
         atomic_write_text(self.metrics_jsonl, "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in rows))
-        atomic_write_text(self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows))
+        atomic_write_text(
+            self.metrics_csv, ",".join(METRIC_COLUMNS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows)
+        )
         atomic_write_text(self.events_jsonl, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
     def append(self, row: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> None:
         """One round's records, in all three logs or (on a write error) in none of them."""
-        append_lines_together([*((self.events_jsonl, json.dumps(e, sort_keys=True)) for e in events),
-                               (self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True)),
-                               (self.metrics_csv, _csv_line(row))])
+        append_lines_together(
+            [
+                *((self.events_jsonl, json.dumps(e, sort_keys=True)) for e in events),
+                (self.metrics_jsonl, json.dumps(_clean(row), sort_keys=True)),
+                (self.metrics_csv, _csv_line(row)),
+            ]
+        )
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n")

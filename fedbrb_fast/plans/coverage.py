@@ -1,4 +1,5 @@
-"""How often each weight element / tile between two channel groups was trained (docs/algorithm.md#blocks, #extraction)."""
+"""How often each weight element / tile between two channel groups was trained
+(docs/algorithm.md#blocks, #extraction)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def element_coverage(plans: Iterable[ClientPlan], out_group: int, in_group: int,
     return counts
 
 
-def tile_coverage(plans: Iterable[ClientPlan], out_group: int, in_group: int, out_size: int, in_size: int,
-                  num_blocks: int) -> Tensor:
+def tile_coverage(
+    plans: Iterable[ClientPlan], out_group: int, in_group: int, out_size: int, in_size: int, num_blocks: int
+) -> Tensor:
     """[K, K] number of clients that trained the whole of tile (out block a, in block b)."""
     bo, bi = out_size // num_blocks, in_size // num_blocks
     counts = torch.zeros(num_blocks, num_blocks, dtype=torch.int64)

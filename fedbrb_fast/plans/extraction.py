@@ -38,7 +38,9 @@ def window(start: int, size: int, total: int) -> Tensor:
     return (torch.arange(size) + start) % total
 
 
-def fedbrb_indices(u: int, width: float, group_sizes: Sequence[int], num_blocks: int, schedule: str) -> tuple[Tensor, ...]:
+def fedbrb_indices(
+    u: int, width: float, group_sizes: Sequence[int], num_blocks: int, schedule: str
+) -> tuple[Tensor, ...]:
     s = round(width * num_blocks)
     out = []
     for g, n in enumerate(group_sizes):
@@ -52,8 +54,17 @@ def channel_count(width: float, n: int) -> int:
     return math.ceil(round(width * n, 9))
 
 
-def make_round_plans(method: str, round_idx: int, clients: Sequence[int], widths: Sequence[float], *,
-                     group_sizes: Sequence[int], num_blocks: int, seed: int, schedule: str = "shear") -> list[ClientPlan]:
+def make_round_plans(
+    method: str,
+    round_idx: int,
+    clients: Sequence[int],
+    widths: Sequence[float],
+    *,
+    group_sizes: Sequence[int],
+    num_blocks: int,
+    seed: int,
+    schedule: str = "shear",
+) -> list[ClientPlan]:
     """Plans for the sampled `clients` (with their widths) of round `round_idx`.
 
     For fedavg and fedavg_small every client takes the whole global model (fedavg_small's global

@@ -9,7 +9,9 @@ import numpy as np
 from ..seeding import STREAM_SAMPLE, STREAM_WIDTHS, numpy_generator
 
 
-def assign_widths(num_clients: int, widths: Sequence[float], proportions: Sequence[float] | None, seed: int) -> list[float]:
+def assign_widths(
+    num_clients: int, widths: Sequence[float], proportions: Sequence[float] | None, seed: int
+) -> list[float]:
     """Each client's fixed width: counts follow the proportions (largest remainder), and a seeded
     shuffle decides which client gets which width."""
     props = np.asarray(proportions if proportions is not None else [1.0] * len(widths), dtype=float)
