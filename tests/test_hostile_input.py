@@ -124,6 +124,7 @@ def test_overrides_accept_or_name_the_problem(item):
     unknown key (exactly), or the invalid field it sets."""
     key, sep, _ = item.partition("=")
     path = key.strip().split(".")
+    msg: str | None
     try:
         load_config(None, [item])
     except ConfigError as exc:

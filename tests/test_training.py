@@ -49,7 +49,9 @@ def test_sgd_step_matches_hand_computation():
     leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     torch.nn.functional.cross_entropy(model.forward(leaf, x, train=True), y).backward()
     for k in params:
-        assert torch.allclose(res.params[k], params[k] - 0.1 * (leaf[k].grad + 0.01 * params[k]), atol=1e-6)
+        grad = leaf[k].grad
+        assert grad is not None
+        assert torch.allclose(res.params[k], params[k] - 0.1 * (grad + 0.01 * params[k]), atol=1e-6)
 
 
 def test_clipping_bounds_the_step():
@@ -58,7 +60,7 @@ def test_clipping_bounds_the_step():
     params = model.init(torch.Generator().manual_seed(0))
     hp = LocalTraining(epochs=1, batch_size=16, lr=1.0, momentum=0.0, weight_decay=0.0, clip_norm=1e-3)
     res = train_client(model, params, x, y, beta=1.0, hp=hp, generator=torch.Generator().manual_seed(0))
-    step = torch.sqrt(sum(((res.params[k] - params[k]) ** 2).sum() for k in params))
+    step = torch.sqrt(torch.stack([((res.params[k] - params[k]) ** 2).sum() for k in params]).sum())
     assert step == pytest.approx(1e-3, rel=1e-3)
 
 
