@@ -18,7 +18,7 @@ from fedbrb_fast.aggregation.array_types import as_tensor
 from fedbrb_fast.models.layout import ModelLayout
 
 from aggregation_cases import make_case
-from harness import Context, Recorder, Skip, relative_error
+from harness import Context, Recorder, Skip, poison_allocator, relative_error
 
 TOLERANCE = 1e-5
 
@@ -47,6 +47,7 @@ def cupy_arrays(ctx: Context, rec: Recorder) -> None:
     rec.require(as_tensor(sample).data_ptr() == sample.data.ptr, "CuPy inputs are read in place (same device pointer)")
     sliced = {s.name: [a for a, g in enumerate(s.axis_groups) if g is not None] for s in case.layout.params}
     for backend in ("cupy", "cuda", "triton", "torch"):
+        poison_allocator(ctx.device, megabytes=256)
         got = aggregate_arrays(global_arrays, updates, rule, sliced=sliced, backend=backend)
         rec.require(all(isinstance(v, cupy.ndarray) and v.device.id == sample.device.id for v in got.params.values()),
                     f"{backend}: the new parameters are CuPy arrays on the inputs' device")

@@ -15,7 +15,7 @@ from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import Simulation
 from fedbrb_fast.engines.simulation import RoundRecord, build_federated_data
 
-from harness import Context, Recorder, relative_error
+from harness import Context, Recorder, poison_allocator, relative_error
 
 ROUNDS = 2
 PARAMS_TOLERANCE = 2e-4  # relative to each tensor's largest entry (the CPU tests allow atol 1e-4, rtol 1e-3)
@@ -71,6 +71,7 @@ def engine_cuda(ctx: Context, rec: Recorder) -> None:
                 if backend == "triton" and arch == "mlp" and not ctx.cuda:
                     continue
                 raw = config(arch, method, seed, ctx.cuda, engine="batched", device=device, linear_backend=backend)
+                poison_allocator(ctx.device)  # what the engine allocates on the GPU starts as NaN
                 records, params = run(raw, data)
                 label = f"{arch} {method} batched[{device}, {backend}]"
                 rec.case(f"{label}: global parameters after {ROUNDS} rounds",
