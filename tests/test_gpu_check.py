@@ -22,8 +22,8 @@ from harness import Skip  # noqa: E402
 def test_dry_run_runs_every_check_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, FEDBRB_GPU_CHECK_SCRATCH=str(tmp_path / "scratch"))
-    run = subprocess.run(["bash", "bench/gpu/run.sh", "--dry-run", "--out", str(out)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(["bash", "bench/gpu/run.sh", "--dry-run", "--out", str(out), "--budget-s", "900"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert list(report["checks"]) == [c.name for c in driver.CHECKS] == report["expected_checks"]
@@ -71,6 +71,7 @@ def test_checks(monkeypatch):
     specs = tuple(driver.CheckSpec(name, "test", f"{__name__}:check_{name}", 1.0, name)
                   for name in ("fine", "raises", "wrong", "crashes", "hangs", "skips"))
     monkeypatch.setattr(driver, "CHECKS", specs)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main() sets it for a dry run; restored afterwards
     monkeypatch.setattr(driver, "GRACE_S", 0.5)
     monkeypatch.setattr(driver, "RESERVED_FOR_LAST_S", 0)
     return specs

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from aggregation_cases import make_case
-from harness import Context, Recorder, Skip, relative_error
+from harness import Context, Recorder, Skip, poison_allocator, relative_error
 
 from fedbrb_fast.aggregation import ClientBatch, Update, aggregate, aggregate_arrays
 from fedbrb_fast.aggregation.array_types import as_tensor
@@ -46,6 +46,7 @@ def cupy_arrays(ctx: Context, rec: Recorder) -> None:
     rec.require(as_tensor(sample).data_ptr() == sample.data.ptr, "CuPy inputs are read in place (same device pointer)")
     sliced = {s.name: [a for a, g in enumerate(s.axis_groups) if g is not None] for s in case.layout.params}
     for backend in ("cupy", "cuda", "triton", "torch"):
+        poison_allocator(ctx.device, megabytes=256)
         got = aggregate_arrays(global_arrays, updates, rule, sliced=sliced, backend=backend)
         rec.require(all(isinstance(v, cupy.ndarray) and v.device.id == sample.device.id for v in got.params.values()),
                     f"{backend}: the new parameters are CuPy arrays on the inputs' device")

@@ -9,7 +9,7 @@ import typing
 from typing import Any
 
 import torch
-from harness import Context, Recorder, relative_error
+from harness import Context, Recorder, poison_allocator, relative_error
 
 from fedbrb_fast.config import ModelConfig, config_from_dict
 from fedbrb_fast.data import FederatedData
@@ -71,6 +71,7 @@ def engine_cuda(ctx: Context, rec: Recorder) -> None:
                 if backend == "triton" and arch == "mlp" and not ctx.cuda:
                     continue
                 raw = config(arch, method, seed, ctx.cuda, engine="batched", device=device, linear_backend=backend)
+                poison_allocator(ctx.device)  # what the engine allocates on the GPU starts as NaN
                 records, params = run(raw, data)
                 label = f"{arch} {method} batched[{device}, {backend}]"
                 rec.case(f"{label}: global parameters after {ROUNDS} rounds",

@@ -111,32 +111,33 @@ def measure(ctx: Context, scenario: Scenario, clients: int, loop_clients: int, r
         **{f"batched_{b}": partial(e.train_round, ctx_round, plans, host_params, timers[b])
            for b, e in engines.items()},
     }
-    times = interleaved(contestants, ctx.sync, reps=reps, min_sample_s=0.0)
+    peaks: dict[str, float] = {}
+    times = interleaved({name: partial(with_peak_memory, ctx, fn, peaks, name) for name, fn in contestants.items()},
+                        ctx.sync, reps=reps, min_sample_s=0.0)
     calls = reps + 1  # and interleaved()'s warm-up call
     phases = {backend: {k: v / calls for k, v in timer.seconds.items()} for backend, timer in timers.items()}
     row: dict[str, Any] = {"clients": clients, "loop_clients": loop_clients}
-    for name, fn in contestants.items():
+    for name in contestants:
         served = loop_clients if name == "loop" else clients
         round_s = times[name].best * clients / served  # the loop's time scaled to the round
         row[name] = {"round_s": round_s, "median_round_s": times[name].median * clients / served,
-                     "updates_per_s": clients / round_s, "peak_gpu_mb": peak_memory_mb(ctx, fn),
-                     **times[name].as_dict()}
+                     "updates_per_s": clients / round_s, "peak_gpu_mb": peaks.get(name, 0.0), **times[name].as_dict()}
     for backend in engines:
         row[f"batched_{backend}"]["phase_s_per_round"] = phases[backend]
         row[f"ratio_{backend}"] = row[f"batched_{backend}"]["updates_per_s"] / row["loop"]["updates_per_s"]
     return row
 
 
-def peak_memory_mb(ctx: Context, fn: Any) -> float:
-    """Peak GPU memory of one more call above what was allocated before it (0 on CPU)."""
+def with_peak_memory(ctx: Context, fn: Callable[[], object], peaks: dict[str, float], name: str) -> None:
+    """Call `fn`, keeping in peaks[name] the most GPU memory it allocated above what it started
+    with (the caching allocator counts on the host: no synchronization needed)."""
     if not ctx.cuda:
-        return 0.0
-    ctx.sync()
+        fn()
+        return
     base = torch.cuda.memory_allocated(ctx.device)
     torch.cuda.reset_peak_memory_stats(ctx.device)
     fn()
-    ctx.sync()
-    return (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20
+    peaks[name] = max(peaks.get(name, 0.0), (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20)
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
