@@ -96,6 +96,18 @@ def test_auto_picks_numba_on_cpu_and_says_so():
     assert aggregate(params, layout, updates, RULES["overlap"]).backend == "reference"
 
 
+def test_numba_leaves_torchs_thread_count_as_it_was():
+    """numba and torch share one OpenMP runtime: the kernels must not change torch's setting."""
+    layout, params, updates = make_round("mlp", "heterofl")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        aggregate(params, layout, updates, RULES["overlap"], backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_unknown_and_unavailable_backends_are_named(monkeypatch):
     layout, params, updates = make_round("mlp", "heterofl")
     with pytest.raises(AggregationError, match="unknown aggregation backend 'fast'"):
