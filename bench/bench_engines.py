@@ -99,12 +99,14 @@ def measure_scaling_point(clients: int, repeats: int, max_timed: int, threads: i
     before = measure_speed()
     times = interleaved({"plain": contender("plain", case, "fedrolex", range(timed)), "batched": batched}, repeats)
     check = NoiseCheck(before, measure_speed())
-    plain, bat = timing_row("plain", times["plain"], timed, clients), timing_row("batched", times["batched"], clients, clients)
+    plain = timing_row("plain", times["plain"], timed, clients)
+    bat = timing_row("batched", times["batched"], clients, clients)
     return {"clients": clients, "method": "fedrolex", "max_clients_per_step": max_clients_per_step,
             "seconds_per_round": bat["best_s"], "median_seconds_per_round": bat["median_s"],
             "client_updates_per_s": bat["client_updates_per_s"], "plain_seconds_per_round": plain["best_s"],
             "plain_timed_clients": timed, "batched_vs_plain": plain["best_s"] / bat["best_s"],
-            "setup_rss_mb": setup_rss, "peak_rss_mb": round_rss, "noise": check.as_dict(), "batched": bat, "plain": plain}
+            "setup_rss_mb": setup_rss, "peak_rss_mb": round_rss, "noise": check.as_dict(), "batched": bat,
+            "plain": plain}
 
 
 def in_fresh_process(fn: Any, *args: Any) -> Any:
@@ -130,7 +132,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def print_scaling(points: list[dict[str, Any]]) -> None:
-    print(f"\n{'clients':>7} {'s/round':>8} {'updates/s':>9} {'plain s':>8} {'vs plain':>8} {'peak RSS MB':>11} {'drift':>6}")
+    print(f"\n{'clients':>7} {'s/round':>8} {'updates/s':>9} {'plain s':>8} {'vs plain':>8} {'peak RSS MB':>11} "
+          f"{'drift':>6}")
     for p in points:
         flag = " NOISY" if p["noise"]["noisy"] else ""
         print(f"{p['clients']:7d} {p['seconds_per_round']:8.3f} {p['client_updates_per_s']:9.0f} "

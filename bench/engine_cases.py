@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from plain_loop import plain_round
 from torch import Tensor
 
 from fedbrb_fast.aggregation import AggregationRule, aggregate, rule_for_method
@@ -32,8 +33,6 @@ from fedbrb_fast.models import CNN, MLP, Model
 from fedbrb_fast.plans import ClientPlan, make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
-
-from plain_loop import plain_round
 
 CASES = ("mlp", "cnn", "synthetic")
 METHODS = ("fedbrb", "fedrolex", "heterofl")

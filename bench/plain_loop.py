@@ -87,7 +87,8 @@ def positions(spec: ParamSpec, indices: Sequence[Tensor]) -> list[Tensor]:
 
 def split_model(params: Mapping[str, Tensor], layout: ModelLayout, indices: Sequence[Tensor]) -> dict[str, Tensor]:
     """The client's state dict: each global tensor indexed with the meshgrid of its positions."""
-    return {s.name: params[s.name][torch.meshgrid(*positions(s, indices), indexing="ij")].clone() for s in layout.params}
+    return {s.name: params[s.name][torch.meshgrid(*positions(s, indices), indexing="ij")].clone()
+            for s in layout.params}
 
 
 def train_client(model: Model, state: dict[str, Tensor], plan: ClientPlan, x: Tensor, y: Tensor, hp: LocalTraining,
@@ -157,7 +158,8 @@ def plain_round(model: Model, params: Mapping[str, Tensor], data: FederatedData,
     for plan in plans:
         state = split_model(params, model.layout, plan.indices)
         x, y = data.client_data(plan.client)
-        trained = train_client(model, state, plan, x, y, hp, torch_generator(seed, STREAM_TRAIN, round_idx, plan.client))
+        generator = torch_generator(seed, STREAM_TRAIN, round_idx, plan.client)
+        trained = train_client(model, state, plan, x, y, hp, generator)
         results.append(ClientResult(plan, float(data.num_samples(plan.client)), trained))
     return aggregate(params, model.layout, results, rule)
 

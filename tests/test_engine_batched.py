@@ -8,12 +8,13 @@ from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
 from fedbrb_fast.models import CNN, MLP
-from fedbrb_fast.models.stacked import gather_stacked
+from fedbrb_fast.models.stacked import gather_slices, gather_stacked
 from fedbrb_fast.models.layout import extract
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining, minibatches
 from fedbrb_fast.training.batched import build_schedule
+from fedbrb_fast.training.data_span_linear import use_data_span
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 
 SIZES = [1, 7, 13, 20, 33, 9, 16, 4]  # unequal: a single sample, short last batches, idle steps
@@ -33,17 +34,21 @@ def make_data(input_shape, sizes=SIZES, classes=5, seed=0):
 def model_and_data(arch, norm):
     if arch == "mlp":
         return MLP(12, [8, 16], 5, norm=norm, norm_groups=2), make_data((12,))
+    if arch == "mlp_wide":  # inputs wider than twice any client's data: the data-span input layer
+        assert use_data_span(72, max(SIZES))
+        return MLP(72, [8, 16], 5, norm=norm, norm_groups=2), make_data((72,))
     return CNN(2, [8, 16, 8], 5, norm=norm, norm_groups=2), make_data((2, 9, 9))
 
 
 def run_both(model, data, method, *, label_mask=False, clip=None, widths=(0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0),
-             max_clients=256, epochs=2, seed=5):
+             max_clients=256, epochs=2, seed=5, momentum=0.9):
     params = model.init(torch.Generator().manual_seed(seed))
     clients = list(range(len(SIZES)))
     plans = make_round_plans(method, 1, clients, list(widths), group_sizes=model.layout.group_sizes, num_blocks=4,
                              seed=seed)
     ctx = RoundContext(round_idx=1, seed=seed, model=model, data=data,
-                       local=LocalTraining(epochs, 8, 0.05, 0.9, 5e-4, clip), weighting="samples", label_masking=label_mask)
+                       local=LocalTraining(epochs, 8, 0.05, momentum, 5e-4, clip), weighting="samples",
+                       label_masking=label_mask)
     ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
     bat = BatchedEngine(max_clients).train_round(ctx, plans, params, PhaseTimer())
     return params, ref, bat
@@ -82,6 +87,7 @@ def dtype(request):
 
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
 @pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
+                                       ("mlp_wide", "none"), ("mlp_wide", "bn"), ("mlp_wide", "gn"),
                                        ("cnn", "none"), ("cnn", "bn"), ("cnn", "gn")])
 def test_per_client_training_and_aggregate_match_reference(method, arch, norm, dtype):
     model, data = model_and_data(arch, norm)
@@ -96,10 +102,17 @@ def test_per_client_training_and_aggregate_match_reference(method, arch, norm, d
         assert torch.allclose(a[name], b[name], atol=atol, rtol=rtol), name
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", "cnn"])
 def test_label_masking_and_clipping_match_reference(arch):
     model, data = model_and_data(arch, "bn")
     _, ref, bat = run_both(model, data, "fedbrb", label_mask=True, clip=0.05)
+    assert_same_clients(ref, bat)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", "cnn"])
+def test_sgd_without_momentum_matches_reference(arch):
+    model, data = model_and_data(arch, "gn")
+    _, ref, bat = run_both(model, data, "fedrolex", momentum=0.0, clip=0.5)
     assert_same_clients(ref, bat)
 
 
@@ -137,6 +150,8 @@ def test_schedule_reproduces_reference_minibatches():
         assert sum(1 for k in sched.active if k > i) == len(ref)
         for s, pos in enumerate(ref):
             assert torch.equal(sched.rows[s, i][sched.mask[s, i]], rows[i][pos])
+            assert torch.equal(sched.positions[s, i][sched.mask[s, i]], pos)
+        assert torch.equal(sched.samples[i, : sched.counts[i]], rows[i])
         assert not sched.mask[len(ref):, i].any()
     assert sched.active == [3, 3, 2, 2] + [1] * 6  # 2, 4 and 10 steps: idle clients drop off the end
     with pytest.raises(ValueError, match="non-increasing"):
@@ -154,6 +169,53 @@ def test_gather_stacked_equals_per_client_extract():
             assert torch.equal(stacked[i], extract(params, model.layout, p.indices)[spec.name])
         single = gather_stacked(params[spec.name], spec, tuple(ix[:1] for ix in idx))
         assert single.untyped_storage().data_ptr() != params[spec.name].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "fd"])
+def test_gather_slices_shares_equal_slices(method):
+    model = MLP(10, [16, 16], 3)
+    params = model.init(torch.Generator().manual_seed(0))
+    plans = make_round_plans(method, 2, list(range(12)), [0.25] * 12, group_sizes=model.layout.group_sizes,
+                             num_blocks=4, seed=1)
+    idx = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(2))
+    for spec in model.layout.params:
+        slices = gather_slices(params[spec.name], spec, idx)
+        assert torch.equal(slices.stacked(), gather_stacked(params[spec.name], spec, idx))
+        groups = [g for g in spec.axis_groups if g is not None]
+        distinct = {tuple(torch.cat([idx[g][i] for g in groups]).tolist()) if groups else () for i in range(12)}
+        assert len(slices.unique) == len(distinct)
+    shared = len(gather_slices(params["hidden1.weight"], model.layout.spec("hidden1.weight"), idx).unique)
+    assert shared == 1 if method == "fedrolex" else 1 < shared <= 12
+
+
+@pytest.mark.parametrize("mu,wd", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.1)])
+def test_data_span_weight_follows_explicit_sgd(mu, wd):
+    from fedbrb_fast.models.stacked import SliceSet
+    from fedbrb_fast.training.data_span_linear import DataSpanLinearWeight
+
+    g = torch.Generator().manual_seed(0)
+    n, out_f, in_f, m, b = 3, 6, 9, 4, 2
+    w0 = torch.randn(2, out_f, in_f, generator=g, dtype=torch.float64)
+    shared = SliceSet(w0, torch.tensor([1, 0, 1]))
+    samples = torch.randn(n, m, in_f, generator=g, dtype=torch.float64)
+    samples[2, 3:] = 0  # client 2 holds 3 samples
+    hp = LocalTraining(1, b, 0.1, mu, wd)
+    w, buf = shared.stacked(), torch.zeros(n, out_f, in_f, dtype=torch.float64)
+    span = DataSpanLinearWeight(shared, samples)
+    bias = torch.randn(n, out_f, generator=g, dtype=torch.float64)
+    for k in (3, 3, 2, 1, 1):  # clients drop off the end; samples repeat across steps
+        pos = torch.randint(0, 3, (k, b), generator=g)
+        x = samples[:k].gather(1, pos.unsqueeze(2).expand(k, b, in_f))
+        expected = torch.baddbmm(bias[:k].unsqueeze(1), x, w[:k].transpose(1, 2))
+        assert torch.allclose(span.forward(pos, bias[:k]), expected, atol=1e-10)
+        dy = torch.randn(k, b, out_f, generator=g, dtype=torch.float64)
+        grad = torch.bmm(dy.transpose(1, 2), x)
+        assert torch.allclose(span.grad_sq_norm(pos, dy), grad.square().sum(dim=(1, 2)), atol=1e-10)
+        grad += wd * w[:k]
+        buf[:k] = mu * buf[:k] + grad
+        w[:k] -= 0.1 * buf[:k]
+        span.step(pos, dy, hp)
+    assert torch.allclose(span.materialize(), w, atol=1e-10)
 
 
 @pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), ("fd", "cnn", "gn"), ("fedrolex", "mlp", "none")])

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..aggregation import ClientBatch
-from ..models.stacked import gather_stacked
+from ..models.stacked import gather_slices
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..training.batched import build_schedule, local_steps, train_stacked
@@ -73,26 +73,27 @@ class BatchedEngine(Engine):
 
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
                     timer: PhaseTimer) -> TrainedRound:
-        batches, losses = [], {}
+        batches: list[ClientBatch] = []
+        losses: dict[int, float] = {}
         steps = {p.client: local_steps(ctx.data.num_samples(p.client), ctx.local.batch_size, ctx.local.epochs)
                  for p in plans}
         for chunk in width_chunks(plans, self.max_clients_per_step, steps):
             clients = tuple(p.client for p in chunk)
             with timer.phase("gather"):
                 indices = tuple(torch.stack([p.indices[g] for p in chunk]) for g in range(len(chunk[0].indices)))
-                stacked = {s.name: gather_stacked(global_params[s.name], s, indices) for s in ctx.model.layout.params}
+                slices = {s.name: gather_slices(global_params[s.name], s, indices).to(self.device)
+                          for s in ctx.model.layout.params}
                 schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
                                           ctx.local.epochs, ctx.seed, ctx.round_idx, clients)
                 label_mask = (torch.stack([ctx.label_mask(c) for c in clients]).to(self.device)
                               if ctx.label_masking else None)
-                stacked = {k: v.to(self.device) for k, v in stacked.items()}
                 x_all, y_all = self._device_data(ctx)
             with timer.phase("train"):
-                trained, mean_loss = train_stacked(ctx.model, stacked, x_all, y_all, schedule, beta=chunk[0].width,
+                trained, mean_loss = train_stacked(ctx.model, slices, x_all, y_all, schedule, beta=chunk[0].width,
                                                    hp=ctx.local, label_mask=label_mask,
                                                    linear_backend=self.linear_backend)
                 trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
-            losses.update(zip(clients, mean_loss.tolist()))
+            losses.update(zip(clients, mean_loss.tolist(), strict=True))
             batches.append(ClientBatch(
                 clients=clients,
                 weights=torch.tensor([ctx.client_weight(c) for c in clients], dtype=torch.float64),

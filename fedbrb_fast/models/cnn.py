@@ -16,6 +16,8 @@ from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
 class CNN:
+    input_layer: str | None = None  # the input goes to a convolution (see MLP.input_layer)
+
     def __init__(self, in_channels: int, hidden: list[int], num_classes: int, *, norm: str = "bn",
                  norm_groups: int = 4, scaler: bool = True) -> None:
         self.in_channels, self.hidden, self.num_classes = in_channels, list(hidden), num_classes

@@ -9,12 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import normalize, scale_activation
-from .stacked import StackedLinear, plain_linear, stacked_normalize
-from .layout import chain_layout
 from .init import init_params
+from .layout import chain_layout
+from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
 class MLP:
+    # The linear layer that reads the flattened input: forward_stacked passes x to it and to
+    # nothing else, so a trainer may compute it from its own copy of the inputs.
+    input_layer: str | None = "hidden0"
+
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, *, norm: str = "none",
                  norm_groups: int = 4, scaler: bool = True) -> None:
         self.in_features, self.hidden, self.num_classes = in_features, list(hidden), num_classes
@@ -51,4 +55,4 @@ class MLP:
     def flops_per_sample(self, widths: list[int]) -> int:
         """Multiply-adds x2 of one forward pass at the given hidden widths."""
         dims = [self.in_features, *widths, self.num_classes]
-        return 2 * sum(a * b for a, b in zip(dims, dims[1:]))
+        return 2 * sum(a * b for a, b in zip(dims, dims[1:], strict=False))
