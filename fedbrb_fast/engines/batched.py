@@ -24,9 +24,11 @@ from .context import RoundContext, TrainedRound
 
 def width_chunks(plans: Sequence[ClientPlan], max_clients: int, steps: Mapping[int, int]) -> list[list[ClientPlan]]:
     """Plans grouped by width (equal sub-model shapes), ordered by decreasing local step count
-    `steps[client]` (so a chunk's clients idle from the end), each group cut into chunks."""
+    `steps[client]` (so a chunk's clients idle from the end), then by where their channels start
+    (clients cutting the same slices sit side by side), each group cut into chunks."""
     by_width: dict[tuple[int, ...], list[ClientPlan]] = {}
-    for p in sorted(plans, key=lambda p: (-steps[p.client], p.client)):
+    for p in sorted(plans, key=lambda p: (-steps[p.client], tuple(int(ix[0]) if len(ix) else -1 for ix in p.indices),
+                                          p.client)):
         by_width.setdefault(tuple(len(ix) for ix in p.indices), []).append(p)
     return [group[i:i + max_clients] for group in by_width.values() for i in range(0, len(group), max_clients)]
 

@@ -81,21 +81,46 @@ class DataSpanLinearWeight:
         self.stepped = True
 
     def materialize(self) -> Tensor:
-        """The trained weights [n, out, in] (a fresh tensor)."""
-        w = self.w0.stacked()
-        w.mul_(self.a.to(w.dtype).view(-1, 1, 1))
-        return w.baddbmm_(self.e_w.transpose(1, 2), self.samples)
+        """The trained weights [n, out, in] (a fresh tensor). Consecutive clients with the same
+        slice and coefficient a (same step count) take one batched GEMM whose input is the shared
+        slice itself, so no per-client copy of w0 is written first."""
+        e_t = self.e_w.transpose(1, 2)
+        runs = _runs(self.w0.of_client, self.a)
+        if len(runs) > _MAX_RUNS_FRACTION * len(self.a):
+            w = self.w0.stacked()
+            w.mul_(self.a.to(w.dtype).view(-1, 1, 1))
+            return w.baddbmm_(e_t, self.samples)
+        w = self.samples.new_empty(len(self.a), *self.w0.unique.shape[1:])
+        for start, stop in runs:
+            shared = self.w0.unique[self.w0.of_client[start]].expand(stop - start, -1, -1)
+            torch.baddbmm(shared, e_t[start:stop], self.samples[start:stop], beta=float(self.a[start]),
+                          out=w[start:stop])
+        return w
+
+
+# Above this many runs per client, per-run GEMMs cost more in calls than they save in copies.
+_MAX_RUNS_FRACTION = 0.25
+
+
+def _runs(*keys: Tensor) -> list[tuple[int, int]]:
+    """[start, stop) of the runs of consecutive clients on which every key [n] is constant."""
+    n = len(keys[0])
+    change = torch.zeros(n, dtype=torch.bool)
+    for key in keys:
+        change[1:] |= (key[1:] != key[:-1]).cpu()
+    starts = [0, *(torch.nonzero(change).flatten() + 0).tolist()] if n else []
+    return list(zip(starts, [*starts[1:], n], strict=True))
 
 
 def _input_products(samples: Tensor, w0: SliceSet) -> Tensor:
-    """P = X_c w0^T [n, m, out]: one tall GEMM per distinct slice when slices are shared, else one
-    batched GEMM."""
+    """P = X_c w0^T [n, m, out]: one tall GEMM per run of clients that share a slice, or one
+    batched GEMM when slices are not shared."""
     n, m, in_f = samples.shape
-    distinct = w0.unique.shape[0]
-    if 4 * distinct > n:
+    runs = _runs(w0.of_client)
+    if len(runs) > _MAX_RUNS_FRACTION * n:
         return torch.bmm(samples, w0.stacked().transpose(1, 2))
     p = samples.new_empty(n, m, w0.unique.shape[1])
-    for j in range(distinct):
-        members = (w0.of_client == j).nonzero().flatten()
-        p[members] = (samples[members].reshape(-1, in_f) @ w0.unique[j].t()).view(len(members), m, -1)
+    for start, stop in runs:
+        torch.mm(samples[start:stop].view(-1, in_f), w0.unique[w0.of_client[start]].t(),
+                 out=p[start:stop].view(-1, p.shape[2]))
     return p
