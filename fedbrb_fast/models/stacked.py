@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import BN_EPS
@@ -114,3 +115,19 @@ def stacked_normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor 
     if kind == "gn":
         return stacked_group_norm(h, weight, bias, groups)
     raise ValueError(f"unknown norm {kind!r}")
+
+
+def grouped_normalize(h: Tensor, clients: int, kind: str, weight: Tensor, bias: Tensor, groups: int, mask: Tensor,
+                      *, full_batches: bool) -> Tensor:
+    """The norm of clients laid out side by side in the channels, h [b, n*C, *spatial], with
+    per-client affine parameters [n, C]. Static BatchNorm over full batches (`full_batches`: no
+    padded sample) and GroupNorm are per channel and per sample, so the native kernels compute
+    every client's own statistics; batches with padding take the masked statistics."""
+    if kind == "gn":
+        return F.group_norm(h, clients * groups, weight.reshape(-1), bias.reshape(-1), eps=BN_EPS)
+    if kind == "bn" and full_batches and h.numel() > h.shape[1]:
+        return F.batch_norm(h, None, None, weight.reshape(-1), bias.reshape(-1), training=True, eps=BN_EPS)
+    b = h.shape[0]
+    per_client = h.reshape(b, clients, -1, *h.shape[2:]).transpose(0, 1)
+    out = stacked_normalize(per_client, kind, weight, bias, groups, mask).transpose(0, 1).reshape(h.shape)
+    return out.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else out

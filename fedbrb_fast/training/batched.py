@@ -202,8 +202,10 @@ class _SGDStep:
         self.bufs: list[Tensor] = []
 
     def add(self, name: str, param: Tensor, grad: Tensor) -> None:
+        # The fused kernel walks raw memory in one layout: a channels-last conv gradient would be
+        # read in the wrong order.
         self.params.append(param)
-        self.grads.append(grad)
+        self.grads.append(grad.contiguous())
         if self.momentum:
             self.bufs.append(self.momentum[name][: self.k])
 
