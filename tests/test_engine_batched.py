@@ -305,3 +305,47 @@ def test_triton_backend_and_cuda_fall_back_with_a_message(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.warns(RuntimeWarning, match="no CUDA device"):
             assert resolve_device("cuda") == torch.device("cpu")
+
+
+def test_a_streamed_round_holds_one_chunk_and_equals_the_whole_round(tiny_cfg_dict, monkeypatch):
+    """Simulation pulls the batched engine's chunks as aggregation asks for them: when a chunk is
+    trained, every earlier chunk's updates are already gone (memory bounded by the chunk size)."""
+    import gc
+    import weakref
+
+    raw = {**tiny_cfg_dict, "train": {**tiny_cfg_dict["train"], "max_clients_per_step": 2},
+           "clients": {**tiny_cfg_dict["clients"], "per_round": 7}}
+    original = BatchedEngine.train_pieces
+    alive_at_each_chunk: list[int] = []
+
+    def watched(self, *args, **kwargs):
+        earlier: list[weakref.ref] = []
+        for piece in original(self, *args, **kwargs):
+            gc.collect()
+            alive_at_each_chunk.append(sum(ref() is not None for ref in earlier))
+            earlier += [weakref.ref(t) for item in piece.updates for t in item.params.values()]
+            yield piece
+            del piece
+
+    monkeypatch.setattr(BatchedEngine, "train_pieces", watched)
+    streamed = Simulation(config_from_dict(raw))
+    record = streamed.run_round()
+    assert len(alive_at_each_chunk) >= 4 and max(alive_at_each_chunk) == 0
+    monkeypatch.undo()
+    whole = Simulation(config_from_dict({**raw, "train": {**raw["train"], "max_clients_per_step": 256}}))
+    whole.run_round()
+    assert record.clients == 7 and record.seconds["train"] > 0 and record.seconds["aggregate"] > 0
+    for name, p in whole.params.items():
+        assert torch.allclose(streamed.params[name], p, atol=1e-6), name
+
+
+def test_nested_phases_are_timed_exclusively():
+    import time
+
+    timer = PhaseTimer()
+    with timer.phase("aggregate"):
+        time.sleep(0.02)
+        with timer.phase("train"):
+            time.sleep(0.05)
+    seconds = timer.reset()
+    assert seconds["train"] >= 0.05 and 0.02 <= seconds["aggregate"] < 0.05

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..aggregation import AggregationResult, ClientUpdate
+from ..aggregation import AggregationResult, ClientBatch, ClientUpdate
 from ..data import FederatedData
 from ..models import Model
 from ..training import LocalTraining
@@ -46,7 +46,7 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class TrainedRound:
-    updates: Sequence[ClientUpdate]
+    updates: Sequence[ClientUpdate | ClientBatch]
     train_losses: dict[int, float]
 
 
