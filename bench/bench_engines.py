@@ -1,16 +1,21 @@
-"""Reference loop vs batched engine: client-updates/s, speedup, training GFLOP/s vs a same-run
-matmul peak, and peak memory per chunk size.
+"""Train + aggregate per round: a plain per-client loop vs the reference engine vs the batched engine.
 
-    python bench/bench_engines.py --out bench/results/engines.json            # full size
-    python bench/bench_engines.py --quick                                      # seconds
+    python bench/bench_engines.py --out bench/results/engines.json     # full table + scaling curve
+    python bench/bench_engines.py --table mlp:100 --methods fedrolex --no-scaling   # one entry
+    python bench/bench_engines.py --quick                              # tiny sizes: the script runs
 
-Scenarios (issue #3):
-  (a) MLP 784-[1024, 1024]-10, clients at width 1/8, 1,000 clients x 50 samples, 1 epoch, batch 10,
-      sampled from a population of 10,000 clients whose data is all in memory
-  (b) HeteroFL CNN [64, 128, 256, 512] at width 1/16 on 28x28 inputs, 200 clients x 50 samples
-Every measurement runs in a fresh process (peak RSS is that process's own) on random inputs of
-the real shapes; the reference loop is timed on the first `--ref-clients` clients (its cost is
-linear in clients) and reported per client.
+Cases and contenders: bench/engine_cases.py (real MNIST-5k and Synthetic data; fedbrb, fedrolex,
+heterofl). Every table entry runs in a fresh process holding all three contenders, timed
+interleaved (plain, reference, batched, plain, ...) for `--repeats` rounds after one warm-up
+each; best and median are reported, ratios use the best. The plain loop and the reference engine
+are timed on at most `--max-timed` clients and scaled linearly to the round's count (their cost is
+a sum over clients). Around every entry the same-run matmul peak and copy bandwidth are measured;
+an entry where either moved by more than 15% is marked noisy, and a run with a noisy entry is not
+a result (rerun it on a quieter machine).
+
+Scaling curve (MLP case, fedrolex): 10, 100, 1,000, 10,000 clients per round, each point in a fresh
+process: seconds per round, client-updates/s, the process's peak RSS over one batched round
+(`max_clients_per_step` bounds it), and the ratio to the plain loop.
 """
 
 from __future__ import annotations
@@ -20,135 +25,161 @@ import json
 import platform
 import resource
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
-SCENARIOS = {
-    "a": dict(arch="mlp", hidden=[1024, 1024], width=1 / 8, clients=1000, population=10000, samples=50,
-              input_shape=(784,)),
-    "b": dict(arch="cnn", hidden=[64, 128, 256, 512], width=1 / 16, clients=200, population=200, samples=50,
-              input_shape=(1, 28, 28)),
-}
+import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, also when spawned
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    import torch
+from engine_cases import CONTENDERS, METHODS, contender, make_case  # noqa: E402
+from interleave import Timings, interleaved  # noqa: E402
+from machine_check import NoiseCheck, measure_speed  # noqa: E402
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+from fedbrb_fast.outputs import atomic_write_text  # noqa: E402
+
+TABLE = "mlp:100,mlp:1000,cnn:50,cnn:200,synthetic:100"
+SCALING = "10,100,1000,10000"
 
 
-def training_gflop(model, widths: list[int], input_shape: tuple[int, ...], samples: int) -> float:
-    """Model FLOPs of forward + backward (weight and input gradients, without the input gradient
-    of the first layer, which autograd never computes)."""
-    from fedbrb_fast.models import CNN
-
-    if isinstance(model, CNN):
-        fwd = model.flops_per_sample(widths, input_shape[1:])
-        first_dx = 2 * input_shape[1] * input_shape[2] * widths[0] * input_shape[0] * 9
-    else:
-        fwd = model.flops_per_sample(widths)
-        first_dx = 2 * model.in_features * widths[0]
-    return (3 * fwd - first_dx) * samples / 1e9
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(scenario: str, spec: dict, engine: str, clients: int, max_clients_per_step: int, threads: int) -> dict:
-    """One engine on one scenario `spec` (a SCENARIOS entry), in this (fresh) process."""
-    import torch
+def timing_row(name: str, t: Timings, timed: int, clients: int) -> dict[str, Any]:
+    scale = clients / timed
+    return {"contender": name, "timed_clients": timed, "best_s": t.best * scale, "median_s": t.median * scale,
+            "client_updates_per_s": clients / (t.best * scale), "phases_s": {k: v * scale for k, v in t.phases.items()},
+            "raw_seconds": t.seconds}
 
-    from fedbrb_fast.data import FederatedData
-    from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
-    from fedbrb_fast.models import CNN, MLP
-    from fedbrb_fast.plans import make_round_plans
-    from fedbrb_fast.profiling import PhaseTimer
-    from fedbrb_fast.training import LocalTraining
 
+def measure_entry(case_name: str, clients: int, methods: list[str], contenders: list[str], repeats: int,
+                  max_timed: int, threads: int, tiny: bool, max_clients_per_step: int) -> list[dict[str, Any]]:
+    """One table entry in this (fresh) process: every method, all contenders interleaved."""
     torch.set_num_threads(threads)
-    s = spec
-    n, m, pop = s["clients"], s["samples"], s["population"]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(pop * m, *s["input_shape"], generator=g)
-    y = torch.randint(0, 10, (pop * m,), generator=g)
-    data = FederatedData(x, y, x[:10], y[:10], 10, s["input_shape"],
-                         tuple(torch.arange(i * m, (i + 1) * m) for i in range(pop)))
-    sampled = sorted(torch.randperm(pop, generator=g)[:n].tolist())
-    model = (MLP(784, s["hidden"], 10, norm="none") if s["arch"] == "mlp"
-             else CNN(1, s["hidden"], 10, norm="bn"))
-    params = model.init(torch.Generator().manual_seed(0))
-    k = round(1 / s["width"])
-    plans = make_round_plans("fedbrb", 0, sampled, [s["width"]] * n, group_sizes=model.layout.group_sizes,
-                             num_blocks=k, seed=0)[:clients]
-    ctx = RoundContext(0, 0, model, data, LocalTraining(1, 10, 0.05, 0.9, 5e-4), "samples", False)
-    eng = ReferenceEngine() if engine == "reference" else BatchedEngine(max_clients_per_step)
-    eng.train_round(ctx, plans[:2], params, PhaseTimer())  # warm-up: first-call costs are not throughput
-    timer = PhaseTimer()
-    start = time.perf_counter()
-    eng.train_round(ctx, plans, params, timer)
-    total = time.perf_counter() - start
-    widths = [len(ix) for ix in plans[0].indices]
-    gflop = training_gflop(model, widths, s["input_shape"], clients * m)
-    return {
-        "scenario": scenario, "engine": engine, "clients": clients, "population": pop,
-        "max_clients_per_step": max_clients_per_step, "data_mb": (x.numel() * 4) / 2**20,
-        "seconds": total, "gather_s": timer.seconds.get("gather", 0.0), "train_s": timer.seconds.get("train", 0.0),
-        "client_updates_per_s": clients / total, "train_gflops": gflop / timer.seconds.get("train", total),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    case = make_case(case_name, clients, tiny=tiny)
+    rows = []
+    for method in methods:
+        before = measure_speed()
+        timed = {name: min(clients, max_timed) if name != "batched" else clients for name in contenders}
+        runs = {name: contender(name, case, method, range(timed[name]), max_clients_per_step=max_clients_per_step)
+                for name in contenders}
+        times = interleaved(runs, repeats)
+        check = NoiseCheck(before, measure_speed())
+        row: dict[str, Any] = {"case": case_name, "clients": clients, "method": method, "repeats": repeats,
+                               "noise": check.as_dict(),
+                               "contenders": {n: timing_row(n, times[n], timed[n], clients) for n in contenders}}
+        c = row["contenders"]
+        for a, b in (("batched", "plain"), ("batched", "reference"), ("reference", "plain")):
+            if a in c and b in c:
+                row[f"{a}_vs_{b}"] = c[b]["best_s"] / c[a]["best_s"]
+        if "batched" in c:
+            train = c["batched"]["phases_s"].get("train", 0.0) + c["batched"]["phases_s"].get("gather", 0.0)
+            gflop = case.training_gflop(range(clients))
+            row["training_gflop"] = gflop
+            row["batched_train_gflops"] = gflop / train if train else None
+            row["batched_train_of_peak"] = gflop / train / before.matmul_gflops if train else None
+        rows.append(row)
+    return rows
 
 
-def in_fresh_process(fn, *args):
+def measure_scaling_point(clients: int, repeats: int, max_timed: int, threads: int, tiny: bool,
+                          max_clients_per_step: int) -> dict[str, Any]:
+    """One point of the scaling curve in this (fresh) process; peak RSS is read after one batched
+    round, before the plain loop runs."""
+    torch.set_num_threads(threads)
+    case = make_case("mlp", clients, tiny=tiny)
+    setup_rss = peak_rss_mb()
+    batched = contender("batched", case, "fedrolex", range(clients), max_clients_per_step=max_clients_per_step)
+    batched()
+    round_rss = peak_rss_mb()
+    timed = min(clients, max_timed)
+    before = measure_speed()
+    times = interleaved({"plain": contender("plain", case, "fedrolex", range(timed)), "batched": batched}, repeats)
+    check = NoiseCheck(before, measure_speed())
+    plain = timing_row("plain", times["plain"], timed, clients)
+    bat = timing_row("batched", times["batched"], clients, clients)
+    return {"clients": clients, "method": "fedrolex", "max_clients_per_step": max_clients_per_step,
+            "seconds_per_round": bat["best_s"], "median_seconds_per_round": bat["median_s"],
+            "client_updates_per_s": bat["client_updates_per_s"], "plain_seconds_per_round": plain["best_s"],
+            "plain_timed_clients": timed, "batched_vs_plain": plain["best_s"] / bat["best_s"],
+            "setup_rss_mb": setup_rss, "peak_rss_mb": round_rss, "noise": check.as_dict(), "batched": bat,
+            "plain": plain}
+
+
+def in_fresh_process(fn: Any, *args: Any) -> Any:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'case':9} {'clients':>7} {'method':8} {'plain s':>8} {'ref s':>8} {'batched s':>9} {'vs plain':>8} "
+          f"{'vs ref':>7} {'train of peak':>13} {'drift':>6}")
+    for r in rows:
+        c = r["contenders"]
+
+        def best(name: str, c: dict[str, Any] = c) -> str:
+            return f"{c[name]['best_s']:.3f}" if name in c else "-"
+
+        ratio = f"{r['batched_vs_plain']:.1f}x" if "batched_vs_plain" in r else "-"
+        vs_ref = f"{r['batched_vs_reference']:.1f}x" if "batched_vs_reference" in r else "-"
+        peak = f"{100 * r['batched_train_of_peak']:.0f}%" if r.get("batched_train_of_peak") else "-"
+        flag = " NOISY" if r["noise"]["noisy"] else ""
+        print(f"{r['case']:9} {r['clients']:7d} {r['method']:8} {best('plain'):>8} {best('reference'):>8} "
+              f"{best('batched'):>9} {ratio:>8} {vs_ref:>7} {peak:>13} {100 * r['noise']['drift']:5.0f}%{flag}")
+
+
+def print_scaling(points: list[dict[str, Any]]) -> None:
+    print(f"\n{'clients':>7} {'s/round':>8} {'updates/s':>9} {'plain s':>8} {'vs plain':>8} {'peak RSS MB':>11} "
+          f"{'drift':>6}")
+    for p in points:
+        flag = " NOISY" if p["noise"]["noisy"] else ""
+        print(f"{p['clients']:7d} {p['seconds_per_round']:8.3f} {p['client_updates_per_s']:9.0f} "
+              f"{p['plain_seconds_per_round']:8.2f} {p['batched_vs_plain']:7.1f}x {p['peak_rss_mb']:11.0f} "
+              f"{100 * p['noise']['drift']:5.0f}%{flag}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, help="write results as JSON here")
-    ap.add_argument("--scenarios", default="a,b")
-    ap.add_argument("--ref-clients", type=int, default=100, help="clients the reference loop is timed on")
-    ap.add_argument("--chunks", default="64,256,1000", help="max_clients_per_step values for the memory sweep (a)")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here (atomically)")
+    ap.add_argument("--table", default=TABLE, help="case:clients entries, comma-separated ('' for none)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--scaling", default=SCALING, help="clients per round of the MLP scaling curve")
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--max-timed", type=int, default=200, help="clients the plain loop and reference engine run")
+    ap.add_argument("--max-clients-per-step", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: check the script runs")
+    ap.add_argument("--quick", action="store_true", help="tiny models and client counts: checks the script runs")
     args = ap.parse_args(argv)
     if args.quick:
-        SCENARIOS["a"].update(clients=40, population=80, hidden=[256, 256])
-        SCENARIOS["b"].update(clients=8, population=8, hidden=[16, 32, 64, 128])
-        args.ref_clients, args.chunks = 8, "16"
-    peak = in_fresh_process(matmul_peak_gflops)
-    rows = []
-    for sc in args.scenarios.split(","):
-        n = SCENARIOS[sc]["clients"]
-        spec = SCENARIOS[sc]
-        ref = in_fresh_process(measure, sc, spec, "reference", min(args.ref_clients, n), 256, args.threads)
-        bat = in_fresh_process(measure, sc, spec, "batched", n, 256, args.threads)
-        for r in (ref, bat):
-            r["fraction_of_matmul_peak"] = r["train_gflops"] / peak
-        bat["speedup_vs_reference"] = bat["client_updates_per_s"] / ref["client_updates_per_s"]
-        rows += [ref, bat]
-        if sc == "a":
-            for c in (int(v) for v in args.chunks.split(",") if int(v) != 256):
-                r = in_fresh_process(measure, sc, spec, "batched", n, c, args.threads)
-                r["fraction_of_matmul_peak"] = r["train_gflops"] / peak
-                r["speedup_vs_reference"] = r["client_updates_per_s"] / ref["client_updates_per_s"]
-                rows.append(r)
-    result = {"matmul_peak_gflops": peak, "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "python": sys.version.split()[0], "quick": args.quick, "rows": rows}
-    print(f"matmul peak (2048^3 fp32, same run): {peak:.1f} GFLOP/s")
-    print(f"{'scen':4} {'engine':9} {'clients':>7} {'chunk':>5} {'upd/s':>9} {'speedup':>7} {'gather s':>8} "
-          f"{'train s':>8} {'GFLOP/s':>8} {'of peak':>7} {'RSS MB':>7}")
-    for r in rows:
-        print(f"{r['scenario']:4} {r['engine']:9} {r['clients']:7d} {r['max_clients_per_step']:5d} "
-              f"{r['client_updates_per_s']:9.1f} {r.get('speedup_vs_reference', 1.0):7.1f} {r['gather_s']:8.3f} "
-              f"{r['train_s']:8.3f} {r['train_gflops']:8.1f} {100 * r['fraction_of_matmul_peak']:6.1f}% {r['peak_rss_mb']:7.0f}")
+        args.table, args.scaling, args.max_timed = "mlp:6,cnn:4,synthetic:6", "4,12", 4
+        args.repeats = min(args.repeats, 2)
+    methods, contenders = args.methods.split(","), args.contenders.split(",")
+    entries = [(e.split(":")[0], int(e.split(":")[1])) for e in args.table.split(",") if e]
+    rows: list[dict[str, Any]] = []
+    for case_name, clients in entries:
+        rows += in_fresh_process(measure_entry, case_name, clients, methods, contenders, args.repeats,
+                                 args.max_timed, args.threads, args.quick, args.max_clients_per_step)
+        print_table(rows[-len(methods):])
+    points = [] if args.no_scaling else [
+        in_fresh_process(measure_scaling_point, int(n), args.repeats, args.max_timed, args.threads, args.quick,
+                         args.max_clients_per_step) for n in args.scaling.split(",")]
+    print("\n")
+    print_table(rows)
+    if points:
+        print_scaling(points)
+    noisy = any(r["noise"]["noisy"] for r in rows) or any(p["noise"]["noisy"] for p in points)
+    print("\nNOISY: another load changed the machine's speed during the run; do not report these figures."
+          if noisy else "\nquiet: peak and bandwidth stayed within 15% around every measurement.")
+    result = {"command": "python bench/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "noisy": noisy, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "python": sys.version.split()[0], "quick": args.quick,
+              "repeats": args.repeats, "max_timed": args.max_timed, "rows": rows, "scaling": points}
     if args.out:
-        from fedbrb_fast.outputs import atomic_write_text
-
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 

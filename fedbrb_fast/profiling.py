@@ -34,19 +34,32 @@ def nvtx_range(message: str) -> AbstractContextManager[object]:
 
 
 class PhaseTimer:
-    """Accumulates seconds per phase name; `reset()` starts a new round."""
+    """Accumulates seconds per phase name; `reset()` starts a new round. A phase entered inside
+    another pauses it (aggregation that pulls chunks from training counts only its own time), so
+    the phases add up to the time spent in any of them."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._open: list[str] = []
+        self._since = 0.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        self._switch()
+        self._open.append(name)
         with nvtx_range(f"fedbrb:{name}"):
             try:
                 yield
             finally:
-                self.seconds[name] += time.perf_counter() - start
+                self._switch()
+                self._open.pop()
+
+    def _switch(self) -> None:
+        """Charge the time since the last switch to the innermost open phase."""
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] += now - self._since
+        self._since = now
 
     def reset(self) -> dict[str, float]:
         out = {p: self.seconds.get(p, 0.0) for p in PHASES}

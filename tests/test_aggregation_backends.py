@@ -103,6 +103,18 @@ def exactly(message: str) -> str:
     return f"^{re.escape(message)}$"
 
 
+def test_numba_leaves_torchs_thread_count_as_it_was():
+    """numba and torch share one OpenMP runtime: the kernels must not change torch's setting."""
+    layout, params, updates = make_round("mlp", "heterofl")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        aggregate(params, layout, updates, RULES["overlap"], backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_unknown_and_unavailable_backends_are_named(monkeypatch):
     layout, params, updates = make_round("mlp", "heterofl")
     unknown = ("unknown aggregation backend 'fast'; expected one of "

@@ -11,12 +11,13 @@ from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
 from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.models.layout import extract
-from fedbrb_fast.models.stacked import gather_stacked
+from fedbrb_fast.models.stacked import gather_slices, gather_stacked
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import LocalTraining, minibatches
 from fedbrb_fast.training.batched import build_schedule
+from fedbrb_fast.training.data_span_linear import use_data_span
 
 SIZES = [1, 7, 13, 20, 33, 9, 16, 4]  # unequal: a single sample, short last batches, idle steps
 
@@ -35,17 +36,21 @@ def make_data(input_shape, sizes=SIZES, classes=5, seed=0):
 def model_and_data(arch, norm):
     if arch == "mlp":
         return MLP(12, [8, 16], 5, norm=norm, norm_groups=2), make_data((12,))
+    if arch == "mlp_wide":  # inputs wider than twice any client's data: the data-span input layer
+        assert use_data_span(72, max(SIZES))
+        return MLP(72, [8, 16], 5, norm=norm, norm_groups=2), make_data((72,))
     return CNN(2, [8, 16, 8], 5, norm=norm, norm_groups=2), make_data((2, 9, 9))
 
 
 def run_both(model, data, method, *, label_mask=False, clip=None, widths=(0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0),
-             max_clients=256, epochs=2, seed=5):
+             max_clients=256, epochs=2, seed=5, momentum=0.9):
     params = model.init(torch.Generator().manual_seed(seed))
     clients = list(range(len(SIZES)))
     plans = make_round_plans(method, 1, clients, list(widths), group_sizes=model.layout.group_sizes, num_blocks=4,
                              seed=seed)
     ctx = RoundContext(round_idx=1, seed=seed, model=model, data=data,
-                       local=LocalTraining(epochs, 8, 0.05, 0.9, 5e-4, clip), weighting="samples", label_masking=label_mask)
+                       local=LocalTraining(epochs, 8, 0.05, momentum, 5e-4, clip), weighting="samples",
+                       label_masking=label_mask)
     ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
     bat = BatchedEngine(max_clients).train_round(ctx, plans, params, PhaseTimer())
     return params, ref, bat
@@ -64,9 +69,10 @@ def assert_same_clients(ref, bat, atol=2e-5, rtol=1e-4):
     assert sorted(r) == sorted(b)
     for c in r:
         assert r[c].weight == b[c].weight
-        assert all(torch.equal(x, y) for x, y in zip(r[c].indices, b[c].indices))
+        assert all(torch.equal(x, y) for x, y in zip(r[c].indices, b[c].indices, strict=True))
         for name, t in r[c].params.items():
-            assert torch.allclose(t, b[c].params[name], atol=atol, rtol=rtol), (c, name, (t - b[c].params[name]).abs().max())
+            gap = (t - b[c].params[name]).abs().max()
+            assert torch.allclose(t, b[c].params[name], atol=atol, rtol=rtol), (c, name, gap)
         for name, m in r[c].masks.items():
             assert torch.equal(m, b[c].masks[name])
         assert ref.train_losses[c] == pytest.approx(bat.train_losses[c], rel=1e-4, abs=1e-5)
@@ -84,6 +90,7 @@ def dtype(request):
 
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
 @pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
+                                       ("mlp_wide", "none"), ("mlp_wide", "bn"), ("mlp_wide", "gn"),
                                        ("cnn", "none"), ("cnn", "bn"), ("cnn", "gn")])
 def test_per_client_training_and_aggregate_match_reference(method, arch, norm, dtype):
     model, data = model_and_data(arch, norm)
@@ -98,10 +105,17 @@ def test_per_client_training_and_aggregate_match_reference(method, arch, norm, d
         assert torch.allclose(a[name], b[name], atol=atol, rtol=rtol), name
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", "cnn"])
 def test_label_masking_and_clipping_match_reference(arch):
     model, data = model_and_data(arch, "bn")
     _, ref, bat = run_both(model, data, "fedbrb", label_mask=True, clip=0.05)
+    assert_same_clients(ref, bat)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", "cnn"])
+def test_sgd_without_momentum_matches_reference(arch):
+    model, data = model_and_data(arch, "gn")
+    _, ref, bat = run_both(model, data, "fedrolex", momentum=0.0, clip=0.5)
     assert_same_clients(ref, bat)
 
 
@@ -139,6 +153,8 @@ def test_schedule_reproduces_reference_minibatches():
         assert sum(1 for k in sched.active if k > i) == len(ref)
         for s, pos in enumerate(ref):
             assert torch.equal(sched.rows[s, i][sched.mask[s, i]], rows[i][pos])
+            assert torch.equal(sched.positions[s, i][sched.mask[s, i]], pos)
+        assert torch.equal(sched.samples[i, : sched.counts[i]], rows[i])
         assert not sched.mask[len(ref):, i].any()
     assert sched.active == [3, 3, 2, 2] + [1] * 6  # 2, 4 and 10 steps: idle clients drop off the end
     with pytest.raises(ValueError, match="non-increasing"):
@@ -158,6 +174,53 @@ def test_gather_stacked_equals_per_client_extract():
         assert single.untyped_storage().data_ptr() != params[spec.name].untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "fd"])
+def test_gather_slices_shares_equal_slices(method):
+    model = MLP(10, [16, 16], 3)
+    params = model.init(torch.Generator().manual_seed(0))
+    plans = make_round_plans(method, 2, list(range(12)), [0.25] * 12, group_sizes=model.layout.group_sizes,
+                             num_blocks=4, seed=1)
+    idx = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(2))
+    for spec in model.layout.params:
+        slices = gather_slices(params[spec.name], spec, idx)
+        assert torch.equal(slices.stacked(), gather_stacked(params[spec.name], spec, idx))
+        groups = [g for g in spec.axis_groups if g is not None]
+        distinct = {tuple(torch.cat([idx[g][i] for g in groups]).tolist()) if groups else () for i in range(12)}
+        assert len(slices.unique) == len(distinct)
+    shared = len(gather_slices(params["hidden1.weight"], model.layout.spec("hidden1.weight"), idx).unique)
+    assert shared == 1 if method == "fedrolex" else 1 < shared <= 12
+
+
+@pytest.mark.parametrize("mu,wd", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.1)])
+def test_data_span_weight_follows_explicit_sgd(mu, wd):
+    from fedbrb_fast.models.stacked import SliceSet
+    from fedbrb_fast.training.data_span_linear import DataSpanLinearWeight
+
+    g = torch.Generator().manual_seed(0)
+    n, out_f, in_f, m, b = 3, 6, 9, 4, 2
+    w0 = torch.randn(2, out_f, in_f, generator=g, dtype=torch.float64)
+    shared = SliceSet(w0, torch.tensor([1, 0, 1]))
+    samples = torch.randn(n, m, in_f, generator=g, dtype=torch.float64)
+    samples[2, 3:] = 0  # client 2 holds 3 samples
+    hp = LocalTraining(1, b, 0.1, mu, wd)
+    w, buf = shared.stacked(), torch.zeros(n, out_f, in_f, dtype=torch.float64)
+    span = DataSpanLinearWeight(shared, samples)
+    bias = torch.randn(n, out_f, generator=g, dtype=torch.float64)
+    for k in (3, 3, 2, 1, 1):  # clients drop off the end; samples repeat across steps
+        pos = torch.randint(0, 3, (k, b), generator=g)
+        x = samples[:k].gather(1, pos.unsqueeze(2).expand(k, b, in_f))
+        expected = torch.baddbmm(bias[:k].unsqueeze(1), x, w[:k].transpose(1, 2))
+        assert torch.allclose(span.forward(pos, bias[:k]), expected, atol=1e-10)
+        dy = torch.randn(k, b, out_f, generator=g, dtype=torch.float64)
+        grad = torch.bmm(dy.transpose(1, 2), x)
+        assert torch.allclose(span.grad_sq_norm(pos, dy), grad.square().sum(dim=(1, 2)), atol=1e-10)
+        grad += wd * w[:k]
+        buf[:k] = mu * buf[:k] + grad
+        w[:k] -= 0.1 * buf[:k]
+        span.step(pos, dy, hp)
+    assert torch.allclose(span.materialize(), w, atol=1e-10)
+
+
 @pytest.mark.parametrize("method,arch,norm", [("fedbrb", "mlp", "bn"), ("fedrolex", "mlp", "none"),
                                               pytest.param("fd", "cnn", "gn", marks=pytest.mark.slow)])
 def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
@@ -169,7 +232,7 @@ def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
         sim = Simulation(config_from_dict({**raw, "train": {**raw["train"], "engine": engine}}))
         runs[engine] = ([sim.run_round() for _ in range(3)], sim.params)
     (ra, pa), (rb, pb) = runs["reference"], runs["batched"]
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=True):
         assert x.accuracy == pytest.approx(y.accuracy, abs=0.01)
         assert x.loss == pytest.approx(y.loss, rel=1e-3)
         assert x.train_loss == pytest.approx(y.train_loss, rel=1e-3)
@@ -210,7 +273,8 @@ def test_implicit_path_matches_reference_end_to_end():
     plans = make_round_plans("fedbrb", 0, list(range(8)), [0.5] * 8, group_sizes=model.layout.group_sizes,
                              num_blocks=2, seed=0)
     for clip in (None, 0.05):
-        ctx = RoundContext(round_idx=0, seed=2, model=model, data=data, local=LocalTraining(1, 4, 0.05, 0.9, 5e-4, clip),
+        local = LocalTraining(1, 4, 0.05, 0.9, 5e-4, clip)
+        ctx = RoundContext(round_idx=0, seed=2, model=model, data=data, local=local,
                            weighting="samples", label_masking=True)
         ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
         bat = BatchedEngine().train_round(ctx, plans, params, PhaseTimer())
@@ -249,3 +313,47 @@ def test_triton_backend_and_cuda_fall_back_with_a_message(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.warns(RuntimeWarning, match="no CUDA device"):
             assert resolve_device("cuda") == torch.device("cpu")
+
+
+def test_a_streamed_round_holds_one_chunk_and_equals_the_whole_round(tiny_cfg_dict, monkeypatch):
+    """Simulation pulls the batched engine's chunks as aggregation asks for them: when a chunk is
+    trained, every earlier chunk's updates are already gone (memory bounded by the chunk size)."""
+    import gc
+    import weakref
+
+    raw = {**tiny_cfg_dict, "train": {**tiny_cfg_dict["train"], "max_clients_per_step": 2},
+           "clients": {**tiny_cfg_dict["clients"], "per_round": 7}}
+    original = BatchedEngine.train_pieces
+    alive_at_each_chunk: list[int] = []
+
+    def watched(self, *args, **kwargs):
+        earlier: list[weakref.ref] = []
+        for piece in original(self, *args, **kwargs):
+            gc.collect()
+            alive_at_each_chunk.append(sum(ref() is not None for ref in earlier))
+            earlier += [weakref.ref(t) for item in piece.updates for t in item.params.values()]
+            yield piece
+            del piece
+
+    monkeypatch.setattr(BatchedEngine, "train_pieces", watched)
+    streamed = Simulation(config_from_dict(raw))
+    record = streamed.run_round()
+    assert len(alive_at_each_chunk) >= 4 and max(alive_at_each_chunk) == 0
+    monkeypatch.undo()
+    whole = Simulation(config_from_dict({**raw, "train": {**raw["train"], "max_clients_per_step": 256}}))
+    whole.run_round()
+    assert record.clients == 7 and record.seconds["train"] > 0 and record.seconds["aggregate"] > 0
+    for name, p in whole.params.items():
+        assert torch.allclose(streamed.params[name], p, atol=1e-6), name
+
+
+def test_nested_phases_are_timed_exclusively():
+    import time
+
+    timer = PhaseTimer()
+    with timer.phase("aggregate"):
+        time.sleep(0.02)
+        with timer.phase("train"):
+            time.sleep(0.05)
+    seconds = timer.reset()
+    assert seconds["train"] >= 0.05 and 0.02 <= seconds["aggregate"] < 0.05

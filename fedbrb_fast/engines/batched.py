@@ -8,13 +8,13 @@ Same inputs and randomness as the reference engine; memory is bounded by trainin
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from ..aggregation import ClientBatch
-from ..models.stacked import gather_stacked
+from ..models.stacked import gather_slices
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..training.batched import build_schedule, local_steps, train_stacked
@@ -24,9 +24,11 @@ from .context import RoundContext, TrainedRound
 
 def width_chunks(plans: Sequence[ClientPlan], max_clients: int, steps: Mapping[int, int]) -> list[list[ClientPlan]]:
     """Plans grouped by width (equal sub-model shapes), ordered by decreasing local step count
-    `steps[client]` (so a chunk's clients idle from the end), each group cut into chunks."""
+    `steps[client]` (so a chunk's clients idle from the end), then by where their channels start
+    (clients cutting the same slices sit side by side), each group cut into chunks."""
     by_width: dict[tuple[int, ...], list[ClientPlan]] = {}
-    for p in sorted(plans, key=lambda p: (-steps[p.client], p.client)):
+    for p in sorted(plans, key=lambda p: (-steps[p.client], tuple(int(ix[0]) if len(ix) else -1 for ix in p.indices),
+                                          p.client)):
         by_width.setdefault(tuple(len(ix) for ix in p.indices), []).append(p)
     return [group[i:i + max_clients] for group in by_width.values() for i in range(0, len(group), max_clients)]
 
@@ -73,34 +75,44 @@ class BatchedEngine(Engine):
 
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
                     timer: PhaseTimer) -> TrainedRound:
-        batches, losses = [], {}
+        pieces = list(self.train_pieces(ctx, plans, global_params, timer))
+        return TrainedRound(updates=[u for p in pieces for u in p.updates],
+                            train_losses={c: v for p in pieces for c, v in p.train_losses.items()})
+
+    def train_pieces(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
+                     timer: PhaseTimer) -> Iterator[TrainedRound]:
+        """One piece per chunk of at most `max_clients_per_step` clients, trained when asked for."""
         steps = {p.client: local_steps(ctx.data.num_samples(p.client), ctx.local.batch_size, ctx.local.epochs)
                  for p in plans}
         for chunk in width_chunks(plans, self.max_clients_per_step, steps):
-            clients = tuple(p.client for p in chunk)
-            with timer.phase("gather"):
-                indices = tuple(torch.stack([p.indices[g] for p in chunk]) for g in range(len(chunk[0].indices)))
-                stacked = {s.name: gather_stacked(global_params[s.name], s, indices) for s in ctx.model.layout.params}
-                schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
-                                          ctx.local.epochs, ctx.seed, ctx.round_idx, clients)
-                label_mask = (torch.stack([ctx.label_mask(c) for c in clients]).to(self.device)
-                              if ctx.label_masking else None)
-                stacked = {k: v.to(self.device) for k, v in stacked.items()}
-                x_all, y_all = self._device_data(ctx)
-            with timer.phase("train"):
-                trained, mean_loss = train_stacked(ctx.model, stacked, x_all, y_all, schedule, beta=chunk[0].width,
-                                                   hp=ctx.local, label_mask=label_mask,
-                                                   linear_backend=self.linear_backend)
-                trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
-            losses.update(zip(clients, mean_loss.tolist()))
-            batches.append(ClientBatch(
-                clients=clients,
-                weights=torch.tensor([ctx.client_weight(c) for c in clients], dtype=torch.float64),
-                indices=indices,
-                params=trained,
-                masks=_stack_masks([ctx.aggregation_masks(c) for c in clients]),
-            ))
-        return TrainedRound(updates=batches, train_losses=losses)
+            # Nothing of a chunk stays referenced here once it is handed over, so the consumer holds
+            # the only copy while the next chunk trains.
+            yield self._train_chunk(ctx, chunk, global_params, timer)
+
+    def _train_chunk(self, ctx: RoundContext, chunk: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
+                     timer: PhaseTimer) -> TrainedRound:
+        clients = tuple(p.client for p in chunk)
+        with timer.phase("gather"):
+            indices = tuple(torch.stack([p.indices[g] for p in chunk]) for g in range(len(chunk[0].indices)))
+            slices = {s.name: gather_slices(global_params[s.name], s, indices).to(self.device)
+                      for s in ctx.model.layout.params}
+            schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
+                                      ctx.local.epochs, ctx.seed, ctx.round_idx, clients)
+            label_mask = (torch.stack([ctx.label_mask(c) for c in clients]).to(self.device)
+                          if ctx.label_masking else None)
+            x_all, y_all = self._device_data(ctx)
+        with timer.phase("train"):
+            trained, mean_loss = train_stacked(ctx.model, slices, x_all, y_all, schedule, beta=chunk[0].width,
+                                               hp=ctx.local, label_mask=label_mask, linear_backend=self.linear_backend)
+            trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
+        batch = ClientBatch(
+            clients=clients,
+            weights=torch.tensor([ctx.client_weight(c) for c in clients], dtype=torch.float64),
+            indices=indices,
+            params=trained,
+            masks=_stack_masks([ctx.aggregation_masks(c) for c in clients]),
+        )
+        return TrainedRound(updates=[batch], train_losses=dict(zip(clients, mean_loss.tolist(), strict=True)))
 
 
 def _stack_masks(masks: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ over the test set, its two sums all-reduced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -43,21 +43,31 @@ class DistributedEngine(Engine):
     def train_round(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
                     timer: PhaseTimer) -> TrainedRound:
         """Train this rank's shard of `plans` (the same split on every rank)."""
+        return self.batched.train_round(ctx, self._shard(ctx, plans), global_params, timer)
+
+    def train_pieces(self, ctx: RoundContext, plans: Sequence[ClientPlan], global_params: Mapping[str, Tensor],
+                     timer: PhaseTimer) -> Iterator[TrainedRound]:
+        """This rank's shard, chunk by chunk as the batched engine trains it."""
+        return self.batched.train_pieces(ctx, self._shard(ctx, plans), global_params, timer)
+
+    def _shard(self, ctx: RoundContext, plans: Sequence[ClientPlan]) -> Sequence[ClientPlan]:
         steps = {p.client: local_steps(ctx.data.num_samples(p.client), ctx.local.batch_size, ctx.local.epochs)
                  for p in plans}
         shard = shard_plans(plans, self.ranks.world_size, client_costs(plans, steps, ctx.model.layout))
         self._round_clients = sorted(p.client for p in plans)
-        return self.batched.train_round(ctx, shard[self.ranks.rank], global_params, timer)
+        return shard[self.ranks.rank]
 
     def combine(self, global_params: Mapping[str, Tensor], layout: ModelLayout,
-                updates: Sequence[ClientUpdate | ClientBatch], rule: AggregationRule, *, backend: str,
+                updates: Iterable[ClientUpdate | ClientBatch], rule: AggregationRule, *, backend: str,
                 screened: Mapping[int, str], train_losses: Mapping[int, float]) -> CombinedRound:
         """The round's updates of every rank aggregated; call after `train_round` of the same round."""
         if self.ranks.world_size == 1:
             return super().combine(global_params, layout, updates, rule, backend=backend, screened=screened,
                                    train_losses=train_losses)
         local = Accumulator(global_params, layout, rule, backend=backend)
-        local.add(updates)
+        for item in updates:  # one at a time: a streamed round holds one chunk
+            local.add(item)
+            del item
         left_out = {**screened, **local.excluded}
         table = self._outcomes(local.included, left_out, train_losses).to(local.dtype)
         sums, table = self._all_reduce(local.partial_sums(), table)

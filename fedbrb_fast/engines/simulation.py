@@ -6,12 +6,13 @@ its shard of the clients, and the engine's `combine` and `evaluate` add up the r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from ..aggregation import AggregationOverflow, AggregationResult, rule_for_method
+from ..aggregation import AggregationOverflow, AggregationResult, ClientBatch, ClientUpdate, rule_for_method
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
@@ -23,7 +24,7 @@ from ..seeding import STREAM_INIT, torch_generator
 from ..training import LocalTraining
 from .base import Engine
 from .batched import BatchedEngine
-from .context import CombinedRound, RoundContext
+from .context import CombinedRound, RoundContext, TrainedRound
 from .distributed import DistributedEngine
 from .process_group import join_process_group
 from .reference import ReferenceEngine
@@ -122,23 +123,20 @@ class Simulation:
         )
         f = cfg.faults
         dropped = pick_clients(clients, f.dropout, cfg.seed, t, salt=1)
-        trained = self.engine.train_round(ctx, [p for p in plans if p.client not in dropped], self.params, self.timer)
+        pieces = self.engine.train_pieces(ctx, [p for p in plans if p.client not in dropped], self.params,
+                                          self.timer)
         returned = [c for c in clients if c not in dropped]
         corrupted = pick_clients(returned, f.corrupt, cfg.seed, t, salt=2)
-        corrupt(trained.updates, corrupted, f.corrupt_kind)
         lam = lam_at(t, cfg.rounds, lam=cfg.method.lam, schedule=cfg.method.lam_schedule, lam_end=cfg.method.lam_end)
-        with self.timer.phase("aggregate"):
-            updates, too_large = self._screen(trained.updates)
+        losses: dict[int, float] = {}
+        too_large: dict[int, str] = {}
+        with self.timer.phase("aggregate"):  # pulls the pieces, whose training is timed as its own phases
             try:
-                combined = self.engine.combine(
-                    self.params,
-                    self.model.layout,
-                    updates,
-                    rule_for_method(cfg.method.name, lam, cfg.num_blocks),
-                    backend=cfg.aggregation.backend,
-                    screened=too_large,
-                    train_losses=trained.train_losses,
-                )
+                combined = self.engine.combine(self.params, self.model.layout,
+                                               self._stream(pieces, corrupted, losses, too_large),
+                                               rule_for_method(cfg.method.name, lam, cfg.num_blocks),
+                                               backend=cfg.aggregation.backend, screened=too_large,
+                                               train_losses=losses)
             except AggregationOverflow as exc:  # every rank sees the same sums, so all take this branch
                 combined = CombinedRound(AggregationResult(self.params, [], {c: str(exc) for c in returned}), {})
             result = combined.result
@@ -180,6 +178,20 @@ class Simulation:
             seconds=seconds,
             events=events,
         )
+
+    def _stream(self, pieces: Iterator[TrainedRound], corrupted: set[int], losses: dict[int, float],
+                too_large: dict[int, str]) -> Iterator[ClientUpdate | ClientBatch]:
+        """The round's updates as they are trained, one piece at a time (so memory holds one
+        piece): faults injected, updates over the norm bound left out (into `too_large`), train
+        losses recorded (into `losses`)."""
+        for piece in pieces:
+            losses.update(piece.train_losses)
+            corrupt(piece.updates, corrupted, self.cfg.faults.corrupt_kind)
+            kept, large = self._screen(piece.updates)
+            too_large.update(large)
+            del piece  # while the next piece trains, only the consumer may hold this one
+            while kept:
+                yield kept.pop(0)
 
     def _screen(self, updates):
         """Drop updates whose norm exceeds faults.max_update_norm (NaN norms are left to

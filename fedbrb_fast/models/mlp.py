@@ -16,6 +16,10 @@ from .stacked import StackedLinear, plain_linear, stacked_normalize
 
 
 class MLP:
+    # The linear layer that reads the flattened input: forward_stacked passes x to it and to
+    # nothing else, so a trainer may compute it from its own copy of the inputs.
+    input_layer: str | None = "hidden0"
+
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, *, norm: str = "none",
                  norm_groups: int = 4, scaler: bool = True) -> None:
         self.in_features, self.hidden, self.num_classes = in_features, list(hidden), num_classes

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import BN_EPS, norm_affine
@@ -30,9 +32,38 @@ def gather_stacked(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...])
     if out_g is not None:
         return tensor.index_select(0, indices[out_g].flatten()).view(n, -1, *tensor.shape[1:])
     if in_g is not None:
-        picked = tensor.index_select(1, indices[in_g].flatten())
-        return picked.view(tensor.shape[0], n, -1, *tensor.shape[2:]).transpose(0, 1).contiguous()
+        cols = tensor.index_select(1, indices[in_g].flatten())
+        return cols.view(tensor.shape[0], n, -1, *tensor.shape[2:]).transpose(0, 1).contiguous()
     return tensor.unsqueeze(0).repeat(n, *([1] * tensor.dim()))
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """Every client's sub-tensor of one parameter as its distinct slices and, per client, which one.
+    Clients whose plans cut the same slice share it: under FedRolex and HeteroFL all clients of a
+    width do, under FedBRB those of the same window (K per group, K^2 per hidden-to-hidden weight)."""
+
+    unique: Tensor  # [u, *sub_shape]
+    of_client: Tensor  # [n] int64 into unique
+
+    def stacked(self) -> Tensor:
+        """[n, *sub_shape], a fresh copy per client (whole-slice copies, at copy speed)."""
+        return self.unique.index_select(0, self.of_client)
+
+    def to(self, device: torch.device) -> SliceSet:
+        return SliceSet(self.unique.to(device), self.of_client.to(device))
+
+
+def gather_slices(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...]) -> SliceSet:
+    """`gather_stacked` that gathers every distinct slice once (`indices` per group [n, k_g])."""
+    n = indices[0].shape[0]
+    groups = [g for g in spec.axis_groups if g is not None]
+    if not groups:
+        return SliceSet(tensor.unsqueeze(0).clone(), torch.zeros(n, dtype=torch.int64))
+    keys = torch.cat([indices[g] for g in groups], dim=1)
+    distinct, of_client = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((len(distinct),), n, dtype=torch.int64).scatter_reduce_(0, of_client, torch.arange(n), "amin")
+    return SliceSet(gather_stacked(tensor, spec, tuple(ix[first] for ix in indices)), of_client)
 
 
 # (activations [n, b, in], layer name) -> [n, b, out]; lets a trainer intercept linear layers.
@@ -82,4 +113,22 @@ def stacked_normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor 
     weight, bias = norm_affine(kind, weight, bias)
     if kind == "bn":
         return masked_batch_norm(h, weight, bias, mask)
-    return stacked_group_norm(h, weight, bias, groups)
+    if kind == "gn":
+        return stacked_group_norm(h, weight, bias, groups)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def grouped_normalize(h: Tensor, clients: int, kind: str, weight: Tensor, bias: Tensor, groups: int, mask: Tensor,
+                      *, full_batches: bool) -> Tensor:
+    """The norm of clients laid out side by side in the channels, h [b, n*C, *spatial], with
+    per-client affine parameters [n, C]. Static BatchNorm over full batches (`full_batches`: no
+    padded sample) and GroupNorm are per channel and per sample, so the native kernels compute
+    every client's own statistics; batches with padding take the masked statistics."""
+    if kind == "gn":
+        return F.group_norm(h, clients * groups, weight.reshape(-1), bias.reshape(-1), eps=BN_EPS)
+    if kind == "bn" and full_batches and h.numel() > h.shape[1]:
+        return F.batch_norm(h, None, None, weight.reshape(-1), bias.reshape(-1), training=True, eps=BN_EPS)
+    b = h.shape[0]
+    per_client = h.reshape(b, clients, -1, *h.shape[2:]).transpose(0, 1)
+    out = stacked_normalize(per_client, kind, weight, bias, groups, mask).transpose(0, 1).reshape(h.shape)
+    return out.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else out

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Model
-from ..models.stacked import stacked_linear
+from ..models.stacked import SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
+from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, use_implicit
 from .local import LocalTraining, epoch_orders
 
@@ -35,12 +36,17 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
 @dataclass(frozen=True)
 class StepSchedule:
     """Data rows of every local step for n clients: rows [S, n, b] (indices into the shared
-    training tensor), sample mask [S, n, b], and the number of clients with a batch per step
-    (clients are sorted so those are a prefix)."""
+    training tensor), sample mask [S, n, b], the number of clients with a batch per step
+    (clients are sorted so those are a prefix), the same rows as positions [S, n, b] in each
+    client's own sample list (0 on padding), and those lists: samples [n, m] (rows of the
+    training tensor, padded with row 0) with counts [n]."""
 
     rows: Tensor
     mask: Tensor
     active: list[int]
+    positions: Tensor
+    samples: Tensor
+    counts: Tensor
 
 
 def local_steps(num_samples: int, batch_size: int, epochs: int) -> int:
@@ -52,20 +58,26 @@ def build_schedule(client_rows: Sequence[Tensor], batch_size: int, epochs: int, 
     """Minibatch table from each client's (seed, round, client) generator. Clients must come in
     order of non-increasing step count."""
     steps = [local_steps(len(r), batch_size, epochs) for r in client_rows]
-    if any(a < b for a, b in zip(steps, steps[1:])):
+    if any(a < b for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError("clients must be ordered by non-increasing number of local steps")
     total = steps[0] if steps else 0
     rows = torch.zeros(total, len(clients), batch_size, dtype=torch.int64)
+    positions = torch.zeros_like(rows)
     mask = torch.zeros(total, len(clients), batch_size, dtype=torch.bool)
-    for i, (own, c) in enumerate(zip(client_rows, clients)):
+    counts = torch.tensor([len(r) for r in client_rows], dtype=torch.int64)
+    samples = torch.zeros(len(clients), int(counts.max()) if len(clients) else 0, dtype=torch.int64)
+    for i, (own, c) in enumerate(zip(client_rows, clients, strict=True)):
+        samples[i, : len(own)] = own
         per_epoch = math.ceil(len(own) / batch_size) * batch_size
         pos = torch.full((epochs, per_epoch), -1, dtype=torch.int64)
         for e, perm in enumerate(epoch_orders(len(own), epochs, torch_generator(seed, STREAM_TRAIN, round_idx, c))):
             pos[e, : len(perm)] = perm
         pos = pos.view(-1, batch_size)
-        rows[: len(pos), i] = own[pos.clamp_min(0)]
+        positions[: len(pos), i] = pos.clamp_min(0)
+        rows[: len(pos), i] = own[pos.clamp_min(0)] if len(own) else 0
         mask[: len(pos), i] = pos >= 0
-    return StepSchedule(rows=rows, mask=mask, active=[sum(1 for n in steps if n > s) for s in range(total)])
+    return StepSchedule(rows=rows, mask=mask, active=[sum(1 for n in steps if n > s) for s in range(total)],
+                        positions=positions, samples=samples, counts=counts)
 
 
 def fused_linear_layers(model: Model) -> list[str]:
@@ -75,32 +87,40 @@ def fused_linear_layers(model: Model) -> list[str]:
             if n.endswith(".weight") and len(model.layout.spec(n).shape) == 2 and n.replace("weight", "bias") in names]
 
 
-def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_all: Tensor, schedule: StepSchedule,
-                  *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
+def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
+                  schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
                   linear_backend: str = "torch") -> tuple[dict[str, Tensor], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
-    returns (params, mean loss per client). Everything runs on the device of `params` and
-    `x_all`; the schedule is moved there.
+    returns (params, mean loss per client). A parameter given as a `SliceSet` (distinct slices)
+    is copied per client where it trains explicitly. Everything runs on the device of `x_all`;
+    the schedule and parameters are moved there.
 
     `label_mask` [n, classes] bool removes absent classes from each client's softmax.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
     autograd leaves) instead of the fused / implicit torch path."""
-    theta = {k: v.detach() for k, v in params.items()}
-    device = next(iter(theta.values())).device
-    rows_all, mask_all = schedule.rows.to(device), schedule.mask.to(device)
+    device = x_all.device
+    rows_all, mask_all, pos_all = (t.to(device) for t in (schedule.rows, schedule.mask, schedule.positions))
     layers = fused_linear_layers(model) if linear_backend == "torch" else []
     grouped = _GroupedLinear() if linear_backend == "triton" else None
     fused = {f"{layer}.weight" for layer in layers} | {f"{layer}.bias" for layer in layers}
-    n = next(iter(theta.values())).shape[0]
     steps, batch = len(schedule.active), schedule.rows.shape[2]
+    span_layer = model.input_layer if model.input_layer in layers else None
+    if span_layer is not None and not use_data_span(model.layout.spec(f"{span_layer}.weight").shape[1],
+                                                    schedule.samples.shape[1]):
+        span_layer = None
+    span = _data_span(params[f"{span_layer}.weight"], x_all, schedule) if span_layer else None
+    theta = {k: (v.stacked() if isinstance(v, SliceSet) else v).to(device).detach() for k, v in params.items()
+             if span_layer is None or k != f"{span_layer}.weight"}
+    n = next(iter(theta.values())).shape[0]
     implicit = {layer: ImplicitLinearWeight(theta[f"{layer}.weight"], steps, batch) for layer in layers
-                if use_implicit(*theta[f"{layer}.weight"].shape[1:], steps, batch)}
-    momentum = ({k: torch.zeros_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
+                if layer != span_layer and use_implicit(*_weight_shape(theta[f"{layer}.weight"]), steps, batch)}
+    # Filled at each client's first step (is_first_step), so never zeroed.
+    momentum = ({k: torch.empty_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
                 if hp.momentum else {})
     loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
     for s, k in enumerate(schedule.active):
-        mask, rows = mask_all[s, :k], rows_all[s, :k]
+        mask, rows, pos = mask_all[s, :k], rows_all[s, :k], pos_all[s, :k]
         # Views of the active prefix; updated in place, so theta itself trains.
         leaves = {name: t[:k].detach() for name, t in theta.items()}
         others = [name for name in leaves if name not in fused]
@@ -108,8 +128,11 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
             leaves[name].requires_grad_(True)
         records: dict[str, tuple[Tensor, Tensor]] = {}
 
-        def linear(h: Tensor, layer: str) -> Tensor:
-            if layer in implicit:
+        def linear(h: Tensor, layer: str, leaves: dict[str, Tensor] = leaves, pos: Tensor = pos,
+                   records: dict[str, tuple[Tensor, Tensor]] = records) -> Tensor:
+            if span is not None and layer == span_layer:
+                y = span.forward(pos, leaves[f"{layer}.bias"])
+            elif layer in implicit:
                 y = implicit[layer].forward(h, leaves[f"{layer}.bias"])
             elif grouped is not None:
                 return grouped(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
@@ -120,35 +143,92 @@ def train_stacked(model: Model, params: Mapping[str, Tensor], x_all: Tensor, y_a
             records[layer] = (h.detach(), y)
             return y
 
-        logits = model.forward_stacked(leaves, x_all[rows], mask, beta=beta, train=True, linear=linear)
+        # The input layer in data-span form reads its inputs from P and K: the MLP passes x
+        # only to it (x.flatten(2)), so no rows are gathered.
+        x = x_all.new_empty(k, batch, 0) if span is not None else x_all[rows]
+        logits = model.forward_stacked(leaves, x, mask, beta=beta, train=True, linear=linear)
         if label_mask is not None:
             logits = logits.masked_fill(~label_mask[:k].unsqueeze(1), float("-inf"))
         per_sample = F.cross_entropy(logits.flatten(0, 1), y_all[rows].flatten(), reduction="none").view(mask.shape)
         per_sample = torch.where(mask, per_sample, torch.zeros((), dtype=per_sample.dtype))
         per_client = per_sample.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-        grads = torch.autograd.grad(per_client.sum(), [records[layer][1] for layer in layers] + [leaves[o] for o in others])
-        d_out = dict(zip(layers, grads[: len(layers)]))  # dLoss/dy per linear layer, [k, b, out]
-        g_other = dict(zip(others, grads[len(layers):]))
+        outputs = [records[layer][1] for layer in layers]
+        grads = torch.autograd.grad(per_client.sum(), outputs + [leaves[o] for o in others])
+        d_out = dict(zip(layers, grads[: len(layers)], strict=True))  # dLoss/dy per linear layer, [k, b, out]
+        g_other = dict(zip(others, grads[len(layers):], strict=True))
         with torch.no_grad():
             if hp.clip_norm is not None:
-                coef = _clip_coefficients(d_out, records, g_other, hp.clip_norm)
+                weight_sq = {layer: span.grad_sq_norm(pos, dy) if span is not None and layer == span_layer
+                             else _weight_grad_sq(dy, records[layer][0]) for layer, dy in d_out.items()}
+                coef = _clip_coefficients(d_out, weight_sq, g_other, hp.clip_norm)
                 d_out = {layer: d * coef.view(-1, 1, 1) for layer, d in d_out.items()}
                 g_other = {name: g * coef.view(-1, *([1] * (g.dim() - 1))) for name, g in g_other.items()}
+            update = _SGDStep(momentum, k)
             for name, g in g_other.items():
-                _sgd(leaves[name], g, _buffer(momentum, name, k), hp)
+                update.add(name, leaves[name], g)
             for layer in layers:
                 h, _ = records[layer]
                 dy = d_out[layer]
-                _sgd(leaves[f"{layer}.bias"], dy.sum(dim=1), _buffer(momentum, f"{layer}.bias", k), hp)
-                if layer in implicit:
+                update.add(f"{layer}.bias", leaves[f"{layer}.bias"], dy.sum(dim=1))
+                if span is not None and layer == span_layer:
+                    span.step(pos, dy, hp)
+                elif layer in implicit:
                     implicit[layer].step(h, dy, hp)
-                else:
-                    _fused_linear_sgd(leaves[f"{layer}.weight"], dy, h, _buffer(momentum, f"{layer}.weight", k), hp)
+                elif hp.momentum:
+                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], torch.bmm(dy.transpose(1, 2), h))
+                else:  # the gradient's GEMM writes straight into the weight
+                    leaves[f"{layer}.weight"].baddbmm_(dy.transpose(1, 2), h, beta=1.0 - hp.lr * hp.weight_decay,
+                                                       alpha=-hp.lr)
+            update.apply(hp, first=s == 0)
         loss_sum[:k] += per_client.detach().to(torch.float64)
     for layer, weight in implicit.items():
         theta[f"{layer}.weight"] = weight.materialize()
+    if span is not None:
+        theta[f"{span_layer}.weight"] = span.materialize()
     steps_done = _steps_per_client(schedule.active, n).to(device)
-    return theta, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
+    trained = {name: theta[name] for name in params}
+    return trained, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
+
+
+class _SGDStep:
+    """One step's parameter updates, applied together by torch's fused SGD kernel (one pass per
+    tensor: d = g + wd*p, buf = mu*buf + d, p -= lr*buf; buf = d at a client's first step, which
+    is step 0 for every client)."""
+
+    def __init__(self, momentum: dict[str, Tensor], k: int) -> None:
+        self.momentum, self.k = momentum, k
+        self.params: list[Tensor] = []
+        self.grads: list[Tensor] = []
+        self.bufs: list[Tensor] = []
+
+    def add(self, name: str, param: Tensor, grad: Tensor) -> None:
+        # The fused kernel walks raw memory in one layout: a channels-last conv gradient would be
+        # read in the wrong order.
+        self.params.append(param)
+        self.grads.append(grad.contiguous())
+        if self.momentum:
+            self.bufs.append(self.momentum[name][: self.k])
+
+    def apply(self, hp: LocalTraining, *, first: bool) -> None:
+        if self.params:
+            torch._fused_sgd_(self.params, self.grads, self.bufs, weight_decay=hp.weight_decay,
+                              momentum=hp.momentum, lr=hp.lr, dampening=0.0, nesterov=False, maximize=False,
+                              is_first_step=first)
+
+
+def _data_span(w0: Tensor | SliceSet, x_all: Tensor, schedule: StepSchedule) -> DataSpanLinearWeight:
+    """The input layer in data-span form: X_c [n, m, in] with zero rows past each client's data."""
+    device = x_all.device
+    slices = w0 if isinstance(w0, SliceSet) else SliceSet(w0.detach(), torch.arange(len(w0)))
+    samples = x_all[schedule.samples.to(device)].flatten(2)
+    real = torch.arange(samples.shape[1]).unsqueeze(0) < schedule.counts.unsqueeze(1)
+    samples.mul_(real.to(device=device, dtype=samples.dtype).unsqueeze(2))
+    return DataSpanLinearWeight(slices.to(device), samples)
+
+
+def _weight_shape(stacked: Tensor) -> tuple[int, int]:
+    """(out, in) of stacked linear weights [n, out, in]."""
+    return stacked.shape[1], stacked.shape[2]
 
 
 def _steps_per_client(active: list[int], n: int) -> Tensor:
@@ -177,44 +257,15 @@ class _GroupedLinear:
         return self._run(h.reshape(k * b, in_f), weight, bias, self._problems[key]).view(k, b, out_f)
 
 
-def _clip_coefficients(d_out: dict[str, Tensor], records: dict[str, tuple[Tensor, Tensor]],
-                       g_other: dict[str, Tensor], max_norm: float) -> Tensor:
-    """Per client min(1, max_norm / (||grad|| + eps)) as clip_grad_norm_, with the linear weights'
-    ||dY^T h||_F^2 = sum((dY dY^T) * (h h^T)) from b x b Gram matrices (no weight-sized tensor)."""
-    sq = sum((g.flatten(1).square().sum(dim=1) for g in g_other.values()), torch.zeros((), device=_device(records, g_other)))
-    for layer, dy in d_out.items():
-        h = records[layer][0]
-        sq = sq + (torch.bmm(dy, dy.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum(dim=(1, 2))
-        sq = sq + dy.sum(dim=1).square().sum(dim=1)
+def _weight_grad_sq(dy: Tensor, h: Tensor) -> Tensor:
+    """||dY^T h||_F^2 per client = sum((dY dY^T) * (h h^T)), from b x b Gram matrices."""
+    return (torch.bmm(dy, dy.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum(dim=(1, 2))
+
+
+def _clip_coefficients(d_out: dict[str, Tensor], weight_sq: dict[str, Tensor], g_other: dict[str, Tensor],
+                       max_norm: float) -> Tensor:
+    """Per client min(1, max_norm / (||grad|| + eps)) as clip_grad_norm_; the linear weights'
+    squared norms `weight_sq` come without a weight-sized tensor."""
+    sq = torch.stack([*weight_sq.values(), *(g.flatten(1).square().sum(dim=1) for g in g_other.values()),
+                      *(dy.sum(dim=1).square().sum(dim=1) for dy in d_out.values())]).sum(dim=0)
     return (max_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
-
-
-def _device(records: dict, g_other: dict) -> torch.device:
-    return next(iter(g_other.values())).device if g_other else next(iter(records.values()))[0].device
-
-
-def _buffer(momentum: dict[str, Tensor], name: str, k: int) -> Tensor | None:
-    """The first k clients' momentum buffer of `name` (None without momentum)."""
-    return momentum[name][:k] if name in momentum else None
-
-
-def _sgd(p: Tensor, grad: Tensor, buf: Tensor | None, hp: LocalTraining) -> None:
-    """p -= lr * buf with buf = mu*buf + (grad + wd*p); in place (grad is consumed)."""
-    if hp.weight_decay:
-        grad.add_(p, alpha=hp.weight_decay)
-    if buf is not None:
-        buf.mul_(hp.momentum).add_(grad)
-        grad = buf
-    p.add_(grad, alpha=-hp.lr)
-
-
-def _fused_linear_sgd(w: Tensor, dy: Tensor, h: Tensor, buf: Tensor | None, hp: LocalTraining) -> None:
-    """The SGD step of a linear weight whose gradient is dY^T h, without materializing it."""
-    grad_t = dy.transpose(1, 2)
-    if buf is not None:
-        buf.baddbmm_(grad_t, h, beta=hp.momentum)
-        if hp.weight_decay:
-            buf.add_(w, alpha=hp.weight_decay)
-        w.add_(buf, alpha=-hp.lr)
-    else:
-        w.baddbmm_(grad_t, h, beta=1.0 - hp.lr * hp.weight_decay, alpha=-hp.lr)

@@ -74,12 +74,12 @@ class NumbaBackend:
 
 @contextmanager
 def _threads_for(nbytes: int) -> Iterator[None]:
-    if nbytes >= PARALLEL_MIN_BYTES:
-        yield
-        return
-    saved = numba.get_num_threads()
-    numba.set_num_threads(1)
+    """Kernels run on torch's thread count (one thread below PARALLEL_MIN_BYTES). numba and torch
+    share one OpenMP runtime, so setting numba's count sets torch's: torch's is restored after."""
+    torch_threads, saved = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(1 if nbytes < PARALLEL_MIN_BYTES else min(torch_threads, saved))
     try:
         yield
     finally:
         numba.set_num_threads(saved)
+        torch.set_num_threads(torch_threads)

@@ -1,0 +1,70 @@
+"""The engine benchmark's baseline is honest: the plain per-client loop (bench/plain_loop.py)
+computes the same aggregated model as the reference engine, and the benchmark script runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from engine_cases import ROUND, SEED, make_case  # noqa: E402
+from interleave import interleaved  # noqa: E402
+from machine_check import MachineSpeed, NoiseCheck  # noqa: E402
+from plain_loop import plain_round  # noqa: E402
+
+from fedbrb_fast.aggregation import aggregate  # noqa: E402
+from fedbrb_fast.engines import BatchedEngine, ReferenceEngine  # noqa: E402
+from fedbrb_fast.profiling import PhaseTimer  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl"])
+@pytest.mark.parametrize("case_name", ["mlp", "cnn", "synthetic"])
+def test_plain_loop_aggregates_the_reference_engines_model(case_name, method):
+    case = make_case(case_name, 8, tiny=True)
+    plans = case.plans(method, range(5))
+    plain = plain_round(case.model, case.params, case.data, plans, case.hp, case.rule(method), seed=SEED,
+                        round_idx=ROUND)
+    trained = ReferenceEngine().train_round(case.context(), plans, case.params, PhaseTimer())
+    ref = aggregate(case.params, case.model.layout, trained.updates, case.rule(method)).params
+    batched = BatchedEngine().train_round(case.context(), plans, case.params, PhaseTimer())
+    fast = aggregate(case.params, case.model.layout, batched.updates, case.rule(method), backend="auto").params
+    for name, p in ref.items():
+        assert not torch.equal(p, case.params[name]) or name.startswith("norm"), name  # the round trained
+        assert torch.allclose(plain[name], p, atol=1e-5, rtol=1e-4), (name, (plain[name] - p).abs().max())
+        assert torch.allclose(fast[name], p, atol=1e-5, rtol=1e-4), (name, (fast[name] - p).abs().max())
+
+
+def test_noise_check_flags_a_drift_over_15_percent():
+    quiet = NoiseCheck(MachineSpeed(100.0, 20.0), MachineSpeed(90.0, 21.0))
+    assert not quiet.noisy and quiet.drift == pytest.approx(0.1)
+    assert NoiseCheck(MachineSpeed(100.0, 20.0), MachineSpeed(100.0, 16.0)).noisy
+    assert NoiseCheck(MachineSpeed(100.0, 20.0), MachineSpeed(120.0, 20.0)).noisy
+
+
+def test_interleaved_runs_contenders_in_turn():
+    calls: list[str] = []
+    runs = {name: (lambda name=name: calls.append(name) or {"train": 1.0}) for name in "abc"}
+    times = interleaved(runs, 3)
+    assert calls == list("abc") * 4  # warm-up, then three interleaved repetitions
+    assert all(len(t.seconds) == 3 and t.phases == {"train": 1.0} for t in times.values())
+
+
+def test_benchmark_script_runs_and_writes_json(tmp_path):
+    from bench_engines import main
+
+    out = tmp_path / "engines.json"
+    result = main(["--quick", "--table", "mlp:4", "--methods", "fedrolex", "--scaling", "4", "--repeats", "1",
+                   "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    row = saved["rows"][0]
+    assert set(row["contenders"]) == {"plain", "reference", "batched"}
+    assert row["batched_vs_plain"] > 0 and "noisy" in row["noise"]
+    point = saved["scaling"][0]
+    assert point["clients"] == 4 and point["peak_rss_mb"] >= point["setup_rss_mb"] > 0
