@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,11 @@ def test_noise_check_flags_a_drift_over_15_percent():
 
 def test_interleaved_runs_contenders_in_turn():
     calls: list[str] = []
-    runs = {name: (lambda name=name: calls.append(name) or {"train": 1.0}) for name in "abc"}
+    def run(name: str) -> dict[str, float]:
+        calls.append(name)
+        return {"train": 1.0}
+
+    runs = {name: partial(run, name) for name in "abc"}
     times = interleaved(runs, 3)
     assert calls == list("abc") * 4  # warm-up, then three interleaved repetitions
     assert all(len(t.seconds) == 3 and t.phases == {"train": 1.0} for t in times.values())

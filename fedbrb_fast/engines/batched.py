@@ -98,7 +98,7 @@ class BatchedEngine(Engine):
                       for s in ctx.model.layout.params}
             schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
                                       ctx.local.epochs, ctx.seed, ctx.round_idx, clients)
-            label_mask = (torch.stack([ctx.label_mask(c) for c in clients]).to(self.device)
+            label_mask = (torch.stack([ctx.classes_present(c) for c in clients]).to(self.device)
                           if ctx.label_masking else None)
             x_all, y_all = self._device_data(ctx)
         with timer.phase("train"):

@@ -29,8 +29,10 @@ class RoundContext:
 
     def label_mask(self, client: int) -> Tensor | None:
         """Boolean [classes] of the classes in the client's data, or None without label masking."""
-        if not self.label_masking:
-            return None
+        return self.classes_present(client) if self.label_masking else None
+
+    def classes_present(self, client: int) -> Tensor:
+        """Boolean [classes]: which classes occur in the client's data."""
         mask = torch.zeros(self.data.num_classes, dtype=torch.bool)
         mask[self.data.client_labels(client)] = True
         return mask

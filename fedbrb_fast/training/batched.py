@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from ..seeding import STREAM_TRAIN, torch_generator
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, use_implicit
 from .local import LocalTraining, epoch_orders
+
+if TYPE_CHECKING:  # the Triton path is optional: its module loads only when used
+    from ..kernels.grouped_gemm_problems import GroupedProblems
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
 
@@ -246,7 +250,7 @@ class _GroupedLinear:
         from ..kernels.grouped_gemm import GroupedProblems, grouped_linear_triton
 
         self._build, self._run = GroupedProblems.build, grouped_linear_triton
-        self._problems: dict[tuple[int, ...], object] = {}  # built once per shape, reused every step
+        self._problems: dict[tuple[int, ...], GroupedProblems] = {}  # built once per shape, reused every step
 
     def __call__(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         k, b, in_f = h.shape
