@@ -74,7 +74,8 @@ def assert_same_clients(ref, bat, atol=2e-5):
 
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
 @pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
-                                       ("cnn", "none"), ("cnn", "bn"), ("cnn", "gn")])
+                                       *(pytest.param("cnn", norm, marks=pytest.mark.slow)
+                                         for norm in ("none", "bn", "gn"))])
 def test_per_client_training_and_aggregate_match_reference(method, arch, norm):
     model, data = model_and_data(arch, norm)
     params, ref, bat = run_both(model, data, method)
@@ -86,7 +87,7 @@ def test_per_client_training_and_aggregate_match_reference(method, arch, norm):
         assert torch.allclose(a[name], b[name], atol=2e-5, rtol=1e-4), name
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_label_masking_and_clipping_match_reference(arch):
     model, data = model_and_data(arch, "bn")
     _, ref, bat = run_both(model, data, "fedbrb", label_mask=True, clip=0.05)
