@@ -91,7 +91,8 @@ def dtype(request):
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
 @pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
                                        ("mlp_wide", "none"), ("mlp_wide", "bn"), ("mlp_wide", "gn"),
-                                       ("cnn", "none"), ("cnn", "bn"), ("cnn", "gn")])
+                                       *(pytest.param("cnn", norm, marks=pytest.mark.slow)
+                                         for norm in ("none", "bn", "gn"))])
 def test_per_client_training_and_aggregate_match_reference(method, arch, norm, dtype):
     model, data = model_and_data(arch, norm)
     params, ref, bat = run_both(model, data, method)
@@ -105,7 +106,7 @@ def test_per_client_training_and_aggregate_match_reference(method, arch, norm, d
         assert torch.allclose(a[name], b[name], atol=atol, rtol=rtol), name
 
 
-@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "mlp_wide", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_label_masking_and_clipping_match_reference(arch):
     model, data = model_and_data(arch, "bn")
     _, ref, bat = run_both(model, data, "fedbrb", label_mask=True, clip=0.05)
