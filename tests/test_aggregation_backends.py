@@ -118,7 +118,7 @@ def test_numba_leaves_torchs_thread_count_as_it_was():
 def test_unknown_and_unavailable_backends_are_named(monkeypatch):
     layout, params, updates = make_round("mlp", "heterofl")
     unknown = ("unknown aggregation backend 'fast'; expected one of "
-               "('reference', 'torch', 'numba', 'triton', 'cuda', 'auto')")
+               "('reference', 'torch', 'numba', 'triton', 'cuda', 'cupy', 'auto')")
     with pytest.raises(AggregationError, match=exactly(unknown)):
         aggregate(params, layout, updates, RULES["overlap"], backend="fast")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -129,7 +129,7 @@ def test_unknown_and_unavailable_backends_are_named(monkeypatch):
         with pytest.raises(AggregationError, match=exactly(needs_gpu)):
             aggregate(params, layout, updates, RULES["overlap"], backend=name)
     reference = ("backend 'reference' is the plain-torch rule of aggregate(); streaming accumulation runs on one of "
-                 "('torch', 'numba', 'triton', 'cuda', 'auto')")
+                 "('torch', 'numba', 'triton', 'cuda', 'cupy', 'auto')")
     with pytest.raises(AggregationError, match=exactly(reference)):
         get_backend("reference", torch.device("cpu"))
 
