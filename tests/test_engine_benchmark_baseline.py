@@ -3,6 +3,7 @@ computes the same aggregated model as the reference engine, and the benchmark sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from functools import partial
@@ -31,14 +32,28 @@ def test_plain_loop_aggregates_the_reference_engines_model(case_name, method):
     plans = case.plans(method, range(5))
     plain = plain_round(case.model, case.params, case.data, plans, case.hp, case.rule(method), seed=SEED,
                         round_idx=ROUND)
-    trained = ReferenceEngine().train_round(case.context(), plans, case.params, PhaseTimer())
-    ref = aggregate(case.params, case.model.layout, trained.updates, case.rule(method)).params
-    batched = BatchedEngine().train_round(case.context(), plans, case.params, PhaseTimer())
-    fast = aggregate(case.params, case.model.layout, batched.updates, case.rule(method), backend="auto").params
+    ref = _reference_round(case, plans, method)
     for name, p in ref.items():
         assert not torch.equal(p, case.params[name]) or name.startswith("norm"), name  # the round trained
         assert torch.allclose(plain[name], p, atol=1e-5, rtol=1e-4), (name, (plain[name] - p).abs().max())
-        assert torch.allclose(fast[name], p, atol=1e-5, rtol=1e-4), (name, (fast[name] - p).abs().max())
+    # the engines in float64: float32 rounding grows chaotically over the CNN's local steps (6e-4 for
+    # cnn-heterofl, where float64 agrees to 2e-16), so the arithmetic is compared where it is exact
+    wide = _as_float64(case)
+    ref64 = _reference_round(wide, plans, method)
+    batched = BatchedEngine().train_round(wide.context(), plans, wide.params, PhaseTimer())
+    fast = aggregate(wide.params, wide.model.layout, batched.updates, wide.rule(method), backend="auto").params
+    for name, p in ref64.items():
+        assert torch.allclose(fast[name], p, atol=1e-9, rtol=1e-9), (name, (fast[name] - p).abs().max())
+
+
+def _reference_round(case, plans, method):
+    trained = ReferenceEngine().train_round(case.context(), plans, case.params, PhaseTimer())
+    return aggregate(case.params, case.model.layout, trained.updates, case.rule(method)).params
+
+
+def _as_float64(case):
+    data = dataclasses.replace(case.data, x_train=case.data.x_train.double(), x_test=case.data.x_test.double())
+    return dataclasses.replace(case, params={k: v.double() for k, v in case.params.items()}, data=data)
 
 
 def test_noise_check_flags_a_drift_over_15_percent():
