@@ -64,6 +64,8 @@ def test_seeded_datasets_are_deterministic_and_seed_dependent(loaded, name):
     assert again.x_train.shape != other.x_train.shape or not torch.equal(again.x_train, other.x_train)
 
 
+# Builds MNIST-1D from its templates (about 3 s).
+@pytest.mark.slow
 def test_mnist1d_offline_deterministic_and_leaves_global_rng_alone(loaded, monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("mnist1d loader tried to use the network")

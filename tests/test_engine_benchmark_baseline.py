@@ -75,6 +75,8 @@ def test_interleaved_runs_contenders_in_turn():
     assert all(len(t.seconds) == 3 and t.phases == {"train": 1.0} for t in times.values())
 
 
+# Runs the whole script in a subprocess (about 40 s).
+@pytest.mark.slow
 def test_benchmark_script_runs_and_writes_json(tmp_path):
     from bench_engines import main
 

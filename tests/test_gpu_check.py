@@ -19,6 +19,8 @@ import driver  # noqa: E402
 from harness import Skip  # noqa: E402
 
 
+# Every check of the GPU run on the CPU (about 25 s).
+@pytest.mark.slow
 def test_dry_run_runs_every_check_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, FEDBRB_GPU_CHECK_SCRATCH=str(tmp_path / "scratch"))

@@ -377,6 +377,8 @@ def _can_mount():
     return probe.returncode == 0
 
 
+# Mounts real file systems and runs the CLI on them (about 13 s).
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount a tmpfs in a private namespace")
 def test_real_read_only_and_full_file_systems(tmp_path, tiny_cfg_dict):
     """The mounts live in a private mount namespace and vanish with it. The tmpfs is sized (40 KiB)
