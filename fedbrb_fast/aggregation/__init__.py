@@ -2,6 +2,7 @@
 validation, and the fused backends behind one dispatch (`aggregate`, the streaming `Accumulator`,
 framework-agnostic `aggregate_arrays`)."""
 
+from ..models.factored import FactoredStack
 from .accumulator import Accumulator
 from .api import aggregate, aggregate_arrays
 from .backends import BACKENDS
@@ -21,6 +22,7 @@ __all__ = [
     "AggregationRule",
     "ClientBatch",
     "ClientUpdate",
+    "FactoredStack",
     "PartialSums",
     "Update",
     "aggregate",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Model
+from ..models.factored import FactoredStack
 from ..models.stacked import SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
 from .data_span_linear import DataSpanLinearWeight, use_data_span
@@ -93,13 +94,16 @@ def fused_linear_layers(model: Model) -> list[str]:
 
 def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
                   schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
-                  linear_backend: str = "torch") -> tuple[dict[str, Tensor], Tensor]:
+                  linear_backend: str = "torch",
+                  factored: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
     returns (params, mean loss per client). A parameter given as a `SliceSet` (distinct slices)
     is copied per client where it trains explicitly. Everything runs on the device of `x_all`;
     the schedule and parameters are moved there.
 
     `label_mask` [n, classes] bool removes absent classes from each client's softmax.
+    `factored`: an input layer trained in data-span form comes back as a `FactoredStack` (its
+    weights never written out; aggregation sums the factors) instead of dense weights.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
     autograd leaves) instead of the fused / implicit torch path."""
@@ -187,10 +191,11 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
         loss_sum[:k] += per_client.detach().to(torch.float64)
     for layer, weight in implicit.items():
         theta[f"{layer}.weight"] = weight.materialize()
+    trained: dict[str, Tensor | FactoredStack] = {name: theta[name] for name in params if name in theta}
     if span is not None:
-        theta[f"{span_layer}.weight"] = span.materialize()
+        trained[f"{span_layer}.weight"] = span.factored() if factored else span.materialize()
     steps_done = _steps_per_client(schedule.active, n).to(device)
-    trained = {name: theta[name] for name in params}
+    trained = {name: trained[name] for name in params}
     return trained, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
 
 
