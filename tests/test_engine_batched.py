@@ -400,3 +400,24 @@ def test_factored_updates_are_screened_corrupted_and_excluded_per_client():
     expected = aggregate(params, model.layout, kept, rule_for_method("fedrolex", 0, 4)).params
     for name in expected:
         assert torch.allclose(result.params[name], expected[name], atol=5e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["bn", "gn"])
+def test_grouped_normalize_native_kernels_equal_the_masked_statistics(kind):
+    """Clients side by side in the channels (channels-last): the native BatchNorm of full batches
+    and GroupNorm give every client its own statistics, as the written-out masked form does."""
+    from fedbrb_fast.models.stacked import grouped_normalize, stacked_normalize
+
+    g = torch.Generator().manual_seed(0)
+    n, b, c = 3, 4, 6
+    h = torch.randn(b, n * c, 5, 5, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(n, c, generator=g, dtype=torch.float64), torch.randn(n, c, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, b, dtype=torch.bool)
+    expected = stacked_normalize(h.reshape(b, n, c, 5, 5).transpose(0, 1), kind, weight, bias, 2, mask)
+    native = grouped_normalize(h, n, kind, weight, bias, 2, mask, full_batches=True)
+    assert torch.allclose(native.reshape(b, n, c, 5, 5).transpose(0, 1), expected, atol=1e-12)
+    mask[1, 3] = False  # a padded sample: BatchNorm takes the masked statistics
+    masked = grouped_normalize(h, n, "bn", weight, bias, 2, mask, full_batches=False)
+    assert masked.is_contiguous(memory_format=torch.channels_last)
+    expected = stacked_normalize(h.reshape(b, n, c, 5, 5).transpose(0, 1), "bn", weight, bias, 2, mask)
+    assert torch.allclose(masked.reshape(b, n, c, 5, 5).transpose(0, 1), expected, atol=1e-12)
