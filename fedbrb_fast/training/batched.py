@@ -126,6 +126,8 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
     # Filled at each client's first step (is_first_step), so never zeroed.
     momentum = ({k: torch.empty_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
                 if hp.momentum else {})
+    weight_grads = {layer: torch.empty_like(theta[f"{layer}.weight"]) for layer in layers
+                    if layer not in implicit and layer != span_layer} if hp.momentum else {}
     loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
     for s, k in enumerate(schedule.active):
         mask, rows, pos = mask_all[s, :k], rows_all[s, :k], pos_all[s, :k]
@@ -182,8 +184,9 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
                     span.step(pos, dy, hp)
                 elif layer in implicit:
                     implicit[layer].step(h, dy, hp)
-                elif hp.momentum:
-                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], torch.bmm(dy.transpose(1, 2), h))
+                elif hp.momentum:  # the gradient goes to one buffer per layer, reused every step
+                    grad = torch.bmm(dy.transpose(1, 2), h, out=weight_grads[layer][:k])
+                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], grad)
                 else:  # the gradient's GEMM writes straight into the weight
                     leaves[f"{layer}.weight"].baddbmm_(dy.transpose(1, 2), h, beta=1.0 - hp.lr * hp.weight_decay,
                                                        alpha=-hp.lr)
