@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .aggregation import ClientBatch, ClientUpdate, FactoredStack
+from .models.factored import as_dense
 from .models.layout import ModelLayout, gather_tensor
 from .models.stacked import gather_stacked
 from .seeding import STREAM_FAULTS, numpy_generator
@@ -70,9 +71,7 @@ def update_norms(global_params: Mapping[str, Tensor], layout: ModelLayout,
         if isinstance(item, ClientBatch):
             sq = torch.zeros(len(item), dtype=torch.float64)
             for spec in layout.params:
-                trained = item.params[spec.name]
-                dense = trained.dense() if isinstance(trained, FactoredStack) else trained
-                diff = dense - gather_stacked(global_params[spec.name], spec, item.indices)
+                diff = as_dense(item.params[spec.name]) - gather_stacked(global_params[spec.name], spec, item.indices)
                 sq += diff.flatten(1).to(torch.float64).square().sum(dim=1)
             norms.update(zip(item.clients, sq.sqrt().tolist(), strict=True))
         else:

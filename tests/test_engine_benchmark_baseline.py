@@ -95,6 +95,7 @@ def test_merge_replaces_only_the_entries_measured_again():
 
     old = {"rows": [{"case": "mlp", "clients": 100, "method": m, "v": 1} for m in ("fedbrb", "heterofl")],
            "scaling": [{"clients": 10, "v": 1}, {"clients": 1000, "v": 1}]}
-    rows, points = merged(old, [{"case": "mlp", "clients": 100, "method": "fedbrb", "v": 2}], [{"clients": 100, "v": 2}])
+    again = [{"case": "mlp", "clients": 100, "method": "fedbrb", "v": 2}]
+    rows, points = merged(old, again, [{"clients": 100, "v": 2}])
     assert sorted((r["method"], r["v"]) for r in rows) == [("fedbrb", 2), ("heterofl", 1)]
     assert [(p["clients"], p["v"]) for p in points] == [(10, 1), (100, 2), (1000, 1)]

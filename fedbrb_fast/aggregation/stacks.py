@@ -81,16 +81,14 @@ def stack_of(item: ClientUpdate | ClientBatch, geometry: Mapping[str, TensorGeom
     slices: dict[str, SliceStack | FactoredSlice] = {}
     for name, stacked in params.items():
         geo = geometry[name]
+        rows = axes[geo.row_group] if geo.row_group is not None else whole_axis(n, geo.rows, stacked.device)
+        cols = axes[geo.col_group] if geo.col_group is not None else whole_axis(n, geo.cols, stacked.device)
         if isinstance(stacked, FactoredStack):
             if name in masks or len(geo.shape) != 2:
                 raise ValueError(f"{name}: factored client tensors must be 2-d and unmasked")
-            rows = axes[geo.row_group] if geo.sliced_rows else whole_axis(n, geo.rows, device)
-            cols = axes[geo.col_group] if geo.sliced_cols else whole_axis(n, geo.cols, device)
             slices[name] = FactoredSlice(stacked, rows, cols)
             continue
         data = geo.flat_stack(stacked.detach())
-        rows = axes[geo.row_group] if geo.row_group is not None else whole_axis(n, geo.rows, data.device)
-        cols = axes[geo.col_group] if geo.col_group is not None else whole_axis(n, geo.cols, data.device)
         mask = masks.get(name)
         if mask is not None:
             sub = stacked.shape[1:]

@@ -12,6 +12,7 @@ gets it dense (`[i]`, `dense()`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -56,6 +57,12 @@ class FactoredStack:
 
     def cpu(self) -> FactoredStack:
         return self.to("cpu")
+
+    @overload
+    def __getitem__(self, index: int) -> Tensor: ...
+
+    @overload
+    def __getitem__(self, index: Tensor) -> FactoredStack: ...
 
     def __getitem__(self, index: int | Tensor) -> Tensor | FactoredStack:
         """Client `index`'s tensor (dense), or the clients selected by an index tensor (factored)."""
@@ -106,3 +113,8 @@ class FactoredStack:
             torch.addmm(self.base[self.of_client[start]], left.t(), right, beta=beta, out=sums[r])
         run_weights = torch.stack([weights[a:b].sum() for a, b in bounds]) if bounds else weights[:0]
         return starts, run_weights, sums
+
+
+def as_dense(stacked: Tensor | FactoredStack) -> Tensor:
+    """Stacked client tensors as one tensor (a factored stack is built; a tensor is returned as is)."""
+    return stacked.dense() if isinstance(stacked, FactoredStack) else stacked
