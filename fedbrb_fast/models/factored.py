@@ -104,9 +104,9 @@ class FactoredStack:
         sums = self.base.new_empty(len(bounds), *self.base.shape[1:])
         for r, (start, stop) in enumerate(bounds):
             ww = weights[start:stop].to(self.base.device)
-            members = torch.arange(start, stop, device=self.base.device)
+            members: slice | Tensor = slice(start, stop)  # a view of the run's factors
             if not bool((ww != 0).all()):  # weight-0 clients (excluded ones may hold NaN) stay out entirely
-                members, ww = members[ww != 0], ww[ww != 0]
+                members, ww = torch.arange(start, stop, device=self.base.device)[ww != 0], ww[ww != 0]
             left = (self.left[members] * ww.to(self.dtype).view(-1, 1, 1)).reshape(-1, self.left.shape[2])
             right = self.right[members].reshape(-1, self.right.shape[2])
             beta = float((ww.to(torch.float64) * self.scale[members].to(torch.float64)).sum())

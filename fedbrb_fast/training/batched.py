@@ -234,7 +234,8 @@ def _data_span(w0: Tensor | SliceSet, x_all: Tensor, schedule: StepSchedule) -> 
     slices = w0 if isinstance(w0, SliceSet) else SliceSet(w0.detach(), torch.arange(len(w0)))
     samples = x_all[schedule.samples.to(device)].flatten(2)
     real = torch.arange(samples.shape[1]).unsqueeze(0) < schedule.counts.unsqueeze(1)
-    samples.mul_(real.to(device=device, dtype=samples.dtype).unsqueeze(2))
+    if not bool(real.all()):  # zero the padding rows of clients with fewer samples
+        samples.mul_(real.to(device=device, dtype=samples.dtype).unsqueeze(2))
     return DataSpanLinearWeight(slices.to(device), samples)
 
 
