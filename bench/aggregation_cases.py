@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedbrb_fast.aggregation import Accumulator, AggregationRule, ClientBatch, aggregate
+from fedbrb_fast.aggregation import Accumulator, AggregationRule, ClientBatch, aggregate, as_dense
 from fedbrb_fast.models import CNN, MLP, Model, ModelLayout
 from fedbrb_fast.models.stacked import gather_stacked
 from fedbrb_fast.plans import make_round_plans
@@ -34,7 +34,7 @@ class Case:
 
     @property
     def client_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.batch.params.values())
+        return sum(as_dense(t).numel() * as_dense(t).element_size() for t in self.batch.params.values())
 
     @property
     def global_bytes(self) -> int:

@@ -3,6 +3,8 @@
     python bench/bench_engines.py --out bench/results/engines.json     # full table + scaling curve
     python bench/bench_engines.py --table mlp:100 --methods fedrolex --no-scaling   # one entry
     python bench/bench_engines.py --quick                              # tiny sizes: the script runs
+    python bench/bench_engines.py --table cnn:200 --no-scaling --out bench/results/engines.json --merge
+                                                                       # remeasure one entry in place
 
 Cases and contenders: bench/engine_cases.py (real MNIST-5k and Synthetic data; fedbrb, fedrolex,
 heterofl). Every table entry runs in a fresh process holding all three contenders, timed
@@ -109,6 +111,19 @@ def measure_scaling_point(clients: int, repeats: int, max_timed: int, threads: i
             "plain": plain}
 
 
+def merged(old: dict[str, Any], rows: list[dict[str, Any]],
+           points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows and points of an earlier result file, those measured again replaced."""
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["case"], r["clients"], r["method"]
+
+    new_rows = {key(r) for r in rows}
+    new_points = {p["clients"] for p in points}
+    kept_rows = [r for r in old.get("rows", []) if key(r) not in new_rows]
+    kept_points = [p for p in old.get("scaling", []) if p["clients"] not in new_points]
+    return kept_rows + rows, sorted(kept_points + points, key=lambda p: p["clients"])
+
+
 def in_fresh_process(fn: Any, *args: Any) -> Any:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
@@ -154,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-clients-per-step", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny models and client counts: checks the script runs")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the entries of an existing --out file that this run does not measure")
     args = ap.parse_args(argv)
     if args.quick:
         args.table, args.scaling, args.max_timed = "mlp:6,cnn:4,synthetic:6", "4,12", 4
@@ -172,11 +189,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(rows)
     if points:
         print_scaling(points)
+    command = "python bench/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for r in [*rows, *points]:
+        r.update(command=command, threads=args.threads)
+    if args.merge and args.out and args.out.exists():
+        rows, points = merged(json.loads(args.out.read_text()), rows, points)
     noisy = any(r["noise"]["noisy"] for r in rows) or any(p["noise"]["noisy"] for p in points)
     print("\nNOISY: another load changed the machine's speed during the run; do not report these figures."
           if noisy else "\nquiet: peak and bandwidth stayed within 15% around every measurement.")
-    result = {"command": "python bench/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "noisy": noisy, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+    result = {"noisy": noisy, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "python": sys.version.split()[0], "quick": args.quick,
               "repeats": args.repeats, "max_timed": args.max_timed, "rows": rows, "scaling": points}
     if args.out:

@@ -12,13 +12,12 @@ work per client as 100 do, on real data stored once.
 
 Contenders, each a callable running one whole round and returning its phase seconds:
   plain      bench/plain_loop.py (nn.Module per client, torch.optim.SGD, meshgrid-scatter aggregation)
-  reference  the project's ReferenceEngine, then `aggregate(backend="auto")` as the simulation runs it
-  batched    the project's BatchedEngine, then `aggregate(backend="auto")`
+  reference  the project's ReferenceEngine, aggregated with backend "auto" as the simulation runs it
+  batched    the project's BatchedEngine, its chunks aggregated (backend "auto") as they are trained
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +25,10 @@ import torch
 from plain_loop import plain_round
 from torch import Tensor
 
-from fedbrb_fast.aggregation import AggregationRule, aggregate, rule_for_method
+from fedbrb_fast.aggregation import AggregationRule, rule_for_method
 from fedbrb_fast.data import FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
+from fedbrb_fast.engines.base import aggregate_stream
 from fedbrb_fast.models import CNN, MLP, Model
 from fedbrb_fast.plans import ClientPlan, make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
@@ -107,7 +107,7 @@ def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
         model: Model = MLP(784, [64, 64] if tiny else [1024, 1024], 10, norm="none", scaler=False)
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(2, 10, 0.02, 0.9, 5e-4), 1 / 8
     elif name == "cnn":
-        model = CNN(1, [16, 16, 32, 32] if tiny else [64, 128, 256, 512], 10, norm="bn")
+        model = CNN(1, [64, 64, 64, 64] if tiny else [64, 128, 256, 512], 10, norm="bn")
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(1, 10, 0.02, 0.9, 5e-4), 1 / 16
     elif name == "synthetic":
         model = MLP(60, [64, 64] if tiny else [256, 256], 10, norm="gn", norm_groups=2 if tiny else 4)
@@ -132,9 +132,11 @@ def contender(name: str, case: EngineCase, method: str, clients: Sequence[int], 
     engine = ReferenceEngine() if name == "reference" else BatchedEngine(max_clients_per_step)
 
     def run_engine() -> dict[str, float]:
+        """As the simulation runs a round: chunks trained as aggregation asks for them."""
         timer = PhaseTimer()
-        trained = engine.train_round(ctx, plans, case.params, timer)
-        start = time.perf_counter()
-        aggregate(case.params, case.model.layout, trained.updates, rule, backend="auto")
-        return {**timer.seconds, "aggregate": time.perf_counter() - start}
+        pieces = engine.train_pieces(ctx, plans, case.params, timer)
+        with timer.phase("aggregate"):
+            aggregate_stream(case.params, case.model.layout, (u for p in pieces for u in p.updates), rule,
+                             backend="auto")
+        return dict(timer.seconds)
     return run_engine

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .aggregation import ClientBatch, ClientUpdate
+from .aggregation import ClientBatch, ClientUpdate, FactoredStack
+from .models.factored import as_dense
 from .models.layout import ModelLayout, gather_tensor
 from .models.stacked import gather_stacked
 from .seeding import STREAM_FAULTS, numpy_generator
@@ -51,7 +52,12 @@ def corrupt(updates: Sequence[ClientUpdate | ClientBatch], clients: set[int], ki
         name = next(iter(item.params))
         target = item.params[name] if isinstance(item, ClientBatch) else item.params[name].unsqueeze(0)
         for i in rows:
-            if kind == "huge":
+            if isinstance(target, FactoredStack):
+                if kind == "huge":
+                    target.scale_client_(i, 1e8)
+                else:
+                    target.poison_client_(i, float("nan") if kind == "nan" else float("inf"))
+            elif kind == "huge":
                 target[i].mul_(1e8)
             else:
                 target[i].view(-1)[0] = float("nan") if kind == "nan" else float("inf")
@@ -65,7 +71,7 @@ def update_norms(global_params: Mapping[str, Tensor], layout: ModelLayout,
         if isinstance(item, ClientBatch):
             sq = torch.zeros(len(item), dtype=torch.float64)
             for spec in layout.params:
-                diff = item.params[spec.name] - gather_stacked(global_params[spec.name], spec, item.indices)
+                diff = as_dense(item.params[spec.name]) - gather_stacked(global_params[spec.name], spec, item.indices)
                 sq += diff.flatten(1).to(torch.float64).square().sum(dim=1)
             norms.update(zip(item.clients, sq.sqrt().tolist(), strict=True))
         else:

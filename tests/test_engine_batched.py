@@ -358,3 +358,69 @@ def test_nested_phases_are_timed_exclusively():
             time.sleep(0.05)
     seconds = timer.reset()
     assert seconds["train"] >= 0.05 and 0.02 <= seconds["aggregate"] < 0.05
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd"])
+def test_factored_input_layer_aggregates_like_the_reference(method, backend):
+    """The batched engine hands the data-span input layer over as factors; the fused backends
+    sum them by GEMMs and match the reference aggregate of the reference engine's updates."""
+    from fedbrb_fast.aggregation import FactoredStack
+
+    model, data = model_and_data("mlp_wide", "bn")
+    params, ref, bat = run_both(model, data, method, label_mask=True)
+    assert any(isinstance(item.params["hidden0.weight"], FactoredStack) for item in bat.updates)
+    for rule in (rule_for_method(method, 0.3, 4), rule_for_method("heterofl", 0.0, 4)):
+        expected = aggregate(params, model.layout, ref.updates, rule).params
+        got = aggregate(params, model.layout, bat.updates, rule, backend=backend).params
+        for name in expected:
+            assert torch.allclose(got[name], expected[name], atol=5e-5, rtol=1e-4), name
+
+
+def test_factored_updates_are_screened_corrupted_and_excluded_per_client():
+    from fedbrb_fast.aggregation import FactoredStack
+    from fedbrb_fast.faults import corrupt, update_norms, without_clients
+
+    model, data = model_and_data("mlp_wide", "none")
+    params, ref, bat = run_both(model, data, "fedrolex")
+    dense = {c: u for c, u in per_client(bat).items()}
+    norms = update_norms(params, model.layout, bat.updates)
+    assert norms == pytest.approx(update_norms(params, model.layout, list(dense.values())), rel=1e-5)
+    batch = bat.updates[0]
+    assert isinstance(batch.params["hidden0.weight"], FactoredStack)
+    first, second = batch.clients[0], batch.clients[1]
+    corrupt(bat.updates, {first}, "nan")
+    corrupt(bat.updates, {second}, "huge")
+    factored = batch.params["hidden0.weight"]
+    assert isinstance(factored, FactoredStack)
+    assert not torch.isfinite(factored[0]).all()
+    assert torch.allclose(factored[1], dense[second].params["hidden0.weight"] * 1e8, rtol=1e-4)
+    result = aggregate(params, model.layout, without_clients(bat.updates, {second}), rule_for_method("fedrolex", 0, 4),
+                       backend="numba")
+    assert first in result.excluded and second not in result.included
+    kept = [u for c, u in per_client(ref).items() if c not in (first, second)]
+    expected = aggregate(params, model.layout, kept, rule_for_method("fedrolex", 0, 4)).params
+    for name in expected:
+        assert torch.allclose(result.params[name], expected[name], atol=5e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["bn", "gn"])
+def test_grouped_normalize_native_kernels_equal_the_masked_statistics(kind):
+    """Clients side by side in the channels (channels-last): the native BatchNorm of full batches
+    and GroupNorm give every client its own statistics, as the written-out masked form does."""
+    from fedbrb_fast.models.stacked import grouped_normalize, stacked_normalize
+
+    g = torch.Generator().manual_seed(0)
+    n, b, c = 3, 4, 6
+    h = torch.randn(b, n * c, 5, 5, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(n, c, generator=g, dtype=torch.float64)
+    bias = torch.randn(n, c, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, b, dtype=torch.bool)
+    expected = stacked_normalize(h.reshape(b, n, c, 5, 5).transpose(0, 1), kind, weight, bias, 2, mask)
+    native = grouped_normalize(h, n, kind, weight, bias, 2, mask, full_batches=True)
+    assert torch.allclose(native.reshape(b, n, c, 5, 5).transpose(0, 1), expected, atol=1e-12)
+    mask[1, 3] = False  # a padded sample: BatchNorm takes the masked statistics
+    masked = grouped_normalize(h, n, "bn", weight, bias, 2, mask, full_batches=False)
+    assert masked.is_contiguous(memory_format=torch.channels_last)
+    expected = stacked_normalize(h.reshape(b, n, c, 5, 5).transpose(0, 1), "bn", weight, bias, 2, mask)
+    assert torch.allclose(masked.reshape(b, n, c, 5, 5).transpose(0, 1), expected, atol=1e-12)

@@ -90,3 +90,14 @@ def test_benchmark_script_runs_and_writes_json(tmp_path):
     assert row["batched_vs_plain"] > 0 and "noisy" in row["noise"]
     point = saved["scaling"][0]
     assert point["clients"] == 4 and point["peak_rss_mb"] >= point["setup_rss_mb"] > 0
+
+
+def test_merge_replaces_only_the_entries_measured_again():
+    from bench_engines import merged
+
+    old = {"rows": [{"case": "mlp", "clients": 100, "method": m, "v": 1} for m in ("fedbrb", "heterofl")],
+           "scaling": [{"clients": 10, "v": 1}, {"clients": 1000, "v": 1}]}
+    again = [{"case": "mlp", "clients": 100, "method": "fedbrb", "v": 2}]
+    rows, points = merged(old, again, [{"clients": 100, "v": 2}])
+    assert sorted((r["method"], r["v"]) for r in rows) == [("fedbrb", 2), ("heterofl", 1)]
+    assert [(p["clients"], p["v"]) for p in points] == [(10, 1), (100, 2), (1000, 1)]

@@ -2,6 +2,7 @@
 validation, and the fused backends behind one dispatch (`aggregate`, the streaming `Accumulator`,
 framework-agnostic `aggregate_arrays`)."""
 
+from ..models.factored import FactoredStack, as_dense
 from .accumulator import Accumulator
 from .api import aggregate, aggregate_arrays
 from .backends import BACKENDS
@@ -21,10 +22,12 @@ __all__ = [
     "AggregationRule",
     "ClientBatch",
     "ClientUpdate",
+    "FactoredStack",
     "PartialSums",
     "Update",
     "aggregate",
     "aggregate_arrays",
+    "as_dense",
     "as_updates",
     "non_finite_tensors",
     "rule_for_method",

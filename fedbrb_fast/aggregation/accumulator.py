@@ -26,7 +26,7 @@ from .errors import AggregationError, AggregationOverflow
 from .geometry import TensorGeometry
 from .portable import Update, client_update, tensor_layout
 from .rule import AggregationResult, AggregationRule
-from .stacks import ClientStack, non_finite_clients, stack_of
+from .stacks import ClientStack, FactoredSlice, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums
 from .updates import ClientBatch, ClientUpdate
 from .validation import check_items, validate_updates
@@ -108,9 +108,13 @@ class Accumulator:
     def _scatter(self, target: dict[str, TensorSums], stack: ClientStack, weights: Tensor) -> None:
         for name, piece in stack.slices.items():
             sums = target[name]
-            if piece.mask is not None:
-                sums.weigh_elementwise()
             with nvtx_range(f"aggregate.{self.backend}.scatter_add:{name}"):
+                if isinstance(piece, FactoredSlice):  # one weighted mean per run of clients sharing a slice
+                    reduced, run_weights = piece.reduced(weights)
+                    self._backend.scatter_add(sums, reduced, run_weights.to(weights.dtype))
+                    continue
+                if piece.mask is not None:
+                    sums.weigh_elementwise()
                 self._backend.scatter_add(sums, piece, weights)
 
     # -- partial sums -----------------------------------------------------------------------------
@@ -207,7 +211,9 @@ def _non_finite(stack: ClientStack, which: Tensor) -> dict[str, Tensor]:
     if not which.any():
         return out
     for name, piece in stack.slices.items():
-        if which.all():
+        if isinstance(piece, FactoredSlice):
+            out[name] = piece.factors.non_finite_clients() & which
+        elif which.all():
             out[name] = non_finite_clients(piece.data)
         else:
             out[name] = torch.zeros(len(stack.clients), dtype=torch.bool)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.factored import FactoredStack
 from .geometry import TensorGeometry
 from .index_runs import AxisIndex, sliced_axis, whole_axis
 from .updates import ClientBatch, ClientUpdate
@@ -29,14 +30,40 @@ class SliceStack:
 
 
 @dataclass(frozen=True)
-class ClientStack:
-    clients: tuple[int, ...]
-    weights: Tensor  # [n] float64
-    slices: dict[str, SliceStack]  # in the order of the clients' params (the order non-finite tensors are reported in)
+class FactoredSlice:
+    """One tensor's slices from n clients as factors (2-d tensors, no mask): summed per run of
+    clients sharing a slice, then added like one client per run."""
+
+    factors: FactoredStack
+    rows: AxisIndex
+    cols: AxisIndex
 
     @property
     def nbytes(self) -> int:
-        return sum(s.data.numel() * s.data.element_size() for s in self.slices.values())
+        f = self.factors
+        return sum(t.numel() * t.element_size() for t in (f.base, f.left, f.right))
+
+    def reduced(self, weights: Tensor) -> tuple[SliceStack, Tensor]:
+        """(one SliceStack row per run: the run's weighted mean tensor, the runs' weights)."""
+        starts, run_weights, sums = self.factors.run_sums(weights)
+        w = run_weights.to(sums.dtype).view(-1, 1, 1)
+        mean = torch.where(w > 0, sums / torch.where(w > 0, w, 1), 0)
+        pick = torch.tensor(starts, dtype=torch.int64, device=self.rows.index.device)
+        return (SliceStack(mean, AxisIndex(self.rows.index[pick], self.rows.whole),
+                           AxisIndex(self.cols.index[pick], self.cols.whole), None), run_weights)
+
+
+@dataclass(frozen=True)
+class ClientStack:
+    clients: tuple[int, ...]
+    weights: Tensor  # [n] float64
+    # in the order of the clients' params (the order non-finite tensors are reported in)
+    slices: dict[str, SliceStack | FactoredSlice]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes if isinstance(s, FactoredSlice) else s.data.numel() * s.data.element_size()
+                   for s in self.slices.values())
 
 
 def stack_of(item: ClientUpdate | ClientBatch, geometry: Mapping[str, TensorGeometry]) -> ClientStack:
@@ -51,12 +78,17 @@ def stack_of(item: ClientUpdate | ClientBatch, geometry: Mapping[str, TensorGeom
     n = len(clients)
     device = next(iter(params.values())).device
     axes = [sliced_axis(ix.to(device)) for ix in indices]
-    slices = {}
+    slices: dict[str, SliceStack | FactoredSlice] = {}
     for name, stacked in params.items():
         geo = geometry[name]
+        rows = axes[geo.row_group] if geo.row_group is not None else whole_axis(n, geo.rows, stacked.device)
+        cols = axes[geo.col_group] if geo.col_group is not None else whole_axis(n, geo.cols, stacked.device)
+        if isinstance(stacked, FactoredStack):
+            if name in masks or len(geo.shape) != 2:
+                raise ValueError(f"{name}: factored client tensors must be 2-d and unmasked")
+            slices[name] = FactoredSlice(stacked, rows, cols)
+            continue
         data = geo.flat_stack(stacked.detach())
-        rows = axes[geo.row_group] if geo.row_group is not None else whole_axis(n, geo.rows, data.device)
-        cols = axes[geo.col_group] if geo.col_group is not None else whole_axis(n, geo.cols, data.device)
         mask = masks.get(name)
         if mask is not None:
             sub = stacked.shape[1:]

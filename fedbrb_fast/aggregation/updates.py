@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from ..models.factored import FactoredStack
+
 
 @dataclass(frozen=True)
 class ClientUpdate:
@@ -26,20 +28,22 @@ class ClientBatch:
     """Clients whose sub-models have equal shapes, stacked on a leading client axis: what the
     batched engine produces, aggregated without per-client dictionaries.
 
-    `weights` [n]; `indices` per group [n, k_g]; `params[name]` [n, *sub_shape];
+    `weights` [n]; `indices` per group [n, k_g]; `params[name]` [n, *sub_shape], or for a 2-d
+    unmasked tensor a `FactoredStack` (summed by GEMMs; `[i]` gives client i's tensor);
     `masks[name]` [n, *broadcastable to sub_shape] (optional)."""
 
     clients: tuple[int, ...]
     weights: Tensor
     indices: tuple[Tensor, ...]
-    params: Mapping[str, Tensor]
+    params: Mapping[str, Tensor | FactoredStack]
     masks: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.clients)
 
     def unbind(self) -> list[ClientUpdate]:
-        """One ClientUpdate per client, holding views into the stacked tensors (no copies)."""
+        """One ClientUpdate per client, holding views into the stacked tensors (no copies; a
+        factored tensor is built per client)."""
         return [
             ClientUpdate(client=c, weight=float(self.weights[i]), indices=tuple(ix[i] for ix in self.indices),
                          params={n: t[i] for n, t in self.params.items()},

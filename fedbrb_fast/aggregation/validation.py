@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..models.factored import FactoredStack
 from ..models.layout import ModelLayout
 from .errors import AggregationError
 from .updates import ClientBatch, ClientUpdate, as_updates
@@ -115,7 +116,7 @@ def _check_structure(b: ClientBatch, layout: ModelLayout) -> None:
     fields = [("index set", ix) for ix in b.indices] + [(f"tensor {k}", t) for k, t in b.params.items()]
     fields += [(f"mask of {k}", m) for k, m in b.masks.items()]
     for what, t in fields:
-        if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
+        if not isinstance(t, Tensor | FactoredStack) or t.dim() < 1 or t.shape[0] != n:
             raise AggregationError(f"{where}: {what} must be stacked on a leading axis of {n} clients")
 
 

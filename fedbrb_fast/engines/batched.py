@@ -103,7 +103,8 @@ class BatchedEngine(Engine):
             x_all, y_all = self._device_data(ctx)
         with timer.phase("train"):
             trained, mean_loss = train_stacked(ctx.model, slices, x_all, y_all, schedule, beta=chunk[0].width,
-                                               hp=ctx.local, label_mask=label_mask, linear_backend=self.linear_backend)
+                                               hp=ctx.local, label_mask=label_mask, linear_backend=self.linear_backend,
+                                               factored=True)
             trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
         batch = ClientBatch(
             clients=clients,

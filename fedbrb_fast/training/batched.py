@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Model
+from ..models.factored import FactoredStack
 from ..models.stacked import SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
 from .data_span_linear import DataSpanLinearWeight, use_data_span
@@ -93,13 +94,16 @@ def fused_linear_layers(model: Model) -> list[str]:
 
 def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
                   schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
-                  linear_backend: str = "torch") -> tuple[dict[str, Tensor], Tensor]:
+                  linear_backend: str = "torch",
+                  factored: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
     returns (params, mean loss per client). A parameter given as a `SliceSet` (distinct slices)
     is copied per client where it trains explicitly. Everything runs on the device of `x_all`;
     the schedule and parameters are moved there.
 
     `label_mask` [n, classes] bool removes absent classes from each client's softmax.
+    `factored`: an input layer trained in data-span form comes back as a `FactoredStack` (its
+    weights never written out; aggregation sums the factors) instead of dense weights.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
     autograd leaves) instead of the fused / implicit torch path."""
@@ -122,6 +126,8 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
     # Filled at each client's first step (is_first_step), so never zeroed.
     momentum = ({k: torch.empty_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
                 if hp.momentum else {})
+    weight_grads = {layer: torch.empty_like(theta[f"{layer}.weight"]) for layer in layers
+                    if layer not in implicit and layer != span_layer} if hp.momentum else {}
     loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
     for s, k in enumerate(schedule.active):
         mask, rows, pos = mask_all[s, :k], rows_all[s, :k], pos_all[s, :k]
@@ -178,8 +184,9 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
                     span.step(pos, dy, hp)
                 elif layer in implicit:
                     implicit[layer].step(h, dy, hp)
-                elif hp.momentum:
-                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], torch.bmm(dy.transpose(1, 2), h))
+                elif hp.momentum:  # the gradient goes to one buffer per layer, reused every step
+                    grad = torch.bmm(dy.transpose(1, 2), h, out=weight_grads[layer][:k])
+                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], grad)
                 else:  # the gradient's GEMM writes straight into the weight
                     leaves[f"{layer}.weight"].baddbmm_(dy.transpose(1, 2), h, beta=1.0 - hp.lr * hp.weight_decay,
                                                        alpha=-hp.lr)
@@ -187,10 +194,11 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
         loss_sum[:k] += per_client.detach().to(torch.float64)
     for layer, weight in implicit.items():
         theta[f"{layer}.weight"] = weight.materialize()
+    trained: dict[str, Tensor | FactoredStack] = {name: theta[name] for name in params if name in theta}
     if span is not None:
-        theta[f"{span_layer}.weight"] = span.materialize()
+        trained[f"{span_layer}.weight"] = span.factored() if factored else span.materialize()
     steps_done = _steps_per_client(schedule.active, n).to(device)
-    trained = {name: theta[name] for name in params}
+    trained = {name: trained[name] for name in params}
     return trained, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
 
 
@@ -226,7 +234,8 @@ def _data_span(w0: Tensor | SliceSet, x_all: Tensor, schedule: StepSchedule) -> 
     slices = w0 if isinstance(w0, SliceSet) else SliceSet(w0.detach(), torch.arange(len(w0)))
     samples = x_all[schedule.samples.to(device)].flatten(2)
     real = torch.arange(samples.shape[1]).unsqueeze(0) < schedule.counts.unsqueeze(1)
-    samples.mul_(real.to(device=device, dtype=samples.dtype).unsqueeze(2))
+    if not bool(real.all()):  # zero the padding rows of clients with fewer samples
+        samples.mul_(real.to(device=device, dtype=samples.dtype).unsqueeze(2))
     return DataSpanLinearWeight(slices.to(device), samples)
 
 

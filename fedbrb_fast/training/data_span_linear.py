@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..models.factored import FactoredStack
 from ..models.stacked import SliceSet
 from .local import LocalTraining
 
@@ -79,6 +80,10 @@ class DataSpanLinearWeight:
         e_v.scatter_add_(1, pos.unsqueeze(2).expand_as(dy), dy)
         e_w.add_(e_v, alpha=-hp.lr)
         self.stepped = True
+
+    def factored(self) -> FactoredStack:
+        """The trained weights as factors: a * w0 + E_w^T X_c, never written out."""
+        return FactoredStack(self.w0.unique, self.w0.of_client, self.a.to(self.samples.dtype), self.e_w, self.samples)
 
     def materialize(self) -> Tensor:
         """The trained weights [n, out, in] (a fresh tensor). Consecutive clients with the same
