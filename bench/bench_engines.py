@@ -156,6 +156,25 @@ def print_scaling(points: list[dict[str, Any]]) -> None:
               f"{100 * p['noise']['drift']:5.0f}%{flag}")
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The result file as the Markdown tables docs/batched_engine.md carries."""
+    lines = ["| case | clients | method | plain s | reference s | batched s | batched vs plain | vs reference "
+             "| training, % of matmul peak | drift |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        c, peak = r["contenders"], r.get("batched_train_of_peak")
+        lines.append(f"| {r['case']} | {r['clients']} | {r['method']} | {c['plain']['best_s']:.3f} "
+                     f"| {c['reference']['best_s']:.3f} | {c['batched']['best_s']:.3f} | "
+                     f"**{r['batched_vs_plain']:.1f}x** | {r['batched_vs_reference']:.1f}x | "
+                     f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% |")
+    if result.get("scaling"):
+        lines += ["", "| clients per round | s per round | client-updates/s | plain loop s (scaled) | batched vs plain "
+                  "| peak RSS MB | drift |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {p['clients']:,} | {p['seconds_per_round']:.3f} | {p['client_updates_per_s']:.0f} | "
+                  f"{p['plain_seconds_per_round']:.2f} | **{p['batched_vs_plain']:.1f}x** | {p['peak_rss_mb']:.0f} | "
+                  f"{100 * p['noise']['drift']:.0f}% |" for p in result["scaling"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results as JSON here (atomically)")
@@ -171,7 +190,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="tiny models and client counts: checks the script runs")
     ap.add_argument("--merge", action="store_true",
                     help="keep the entries of an existing --out file that this run does not measure")
+    ap.add_argument("--markdown", type=Path, metavar="RESULT_JSON",
+                    help="print an existing result file as Markdown tables and exit (measures nothing)")
     args = ap.parse_args(argv)
+    if args.markdown:
+        result = json.loads(args.markdown.read_text())
+        print(markdown(result))
+        return result
     if args.quick:
         args.table, args.scaling, args.max_timed = "mlp:6,cnn:4,synthetic:6", "4,12", 4
         args.repeats = min(args.repeats, 2)
