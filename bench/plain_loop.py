@@ -7,7 +7,7 @@ per-parameter meshgrid scatter into the global model with the project's rule for
 (overlap averaging, or FedBRB's weighted broadcast; docs/algorithm.md).
 
 The minibatch order comes from the project's `(seed, round, client)` generators, so the loop
-computes the same model as the engines (checked in tests/test_bench_engines.py); data are
+computes the same model as the engines (checked in tests/test_engine_benchmark_baseline.py); data are
 indexed straight from tensors (no DataLoader), which only makes this baseline faster.
 Differences from the project's modules, by design of the peer code: static BatchNorm is
 `nn.BatchNorm*d(track_running_stats=False)` (a one-sample batch of vectors raises there), and

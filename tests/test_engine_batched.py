@@ -11,7 +11,7 @@ from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
 from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.models.layout import extract
-from fedbrb_fast.models.stacked import gather_slices, gather_stacked
+from fedbrb_fast.models.stacked import SliceSet, gather_slices, gather_stacked
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
@@ -194,7 +194,6 @@ def test_gather_slices_shares_equal_slices(method):
 
 @pytest.mark.parametrize("mu,wd", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.1)])
 def test_data_span_weight_follows_explicit_sgd(mu, wd):
-    from fedbrb_fast.models.stacked import SliceSet
     from fedbrb_fast.training.data_span_linear import DataSpanLinearWeight
 
     g = torch.Generator().manual_seed(0)
@@ -241,37 +240,51 @@ def test_metrics_over_several_rounds_match(tiny_cfg_dict, method, arch, norm):
         assert torch.allclose(pa[k], pb[k], atol=1e-4, rtol=1e-3), k
 
 
+@pytest.mark.parametrize("of_client", [[0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3, 4, 5, 6, 7]],
+                         ids=["shared-slices", "distinct-slices"])
 @pytest.mark.parametrize("mu,wd", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.1)])
-def test_implicit_linear_weight_follows_explicit_sgd(mu, wd):
+def test_implicit_linear_weight_follows_explicit_sgd(mu, wd, of_client):
     from fedbrb_fast.training.implicit_linear import ImplicitLinearWeight
 
     g = torch.Generator().manual_seed(0)
-    n, out_f, in_f, b = 3, 6, 5, 4
-    w0 = torch.randn(n, out_f, in_f, generator=g, dtype=torch.float64)
+    out_f, in_f, b = 6, 5, 4
+    owner = torch.tensor(of_client)
+    slices = SliceSet(torch.randn(int(owner.max()) + 1, out_f, in_f, generator=g, dtype=torch.float64), owner)
+    n, start = len(owner), slices.unique.clone()
     hp = LocalTraining(1, b, 0.1, mu, wd)
-    w, buf = w0.clone(), torch.zeros_like(w0)
-    imp = ImplicitLinearWeight(w0.clone(), steps=4, batch_size=b)
-    bias = torch.zeros(n, out_f, dtype=torch.float64)
-    for k in (3, 3, 2, 1):  # clients drop off the end
+    w, buf = slices.stacked(), torch.zeros(n, out_f, in_f, dtype=torch.float64)
+    imp = ImplicitLinearWeight(slices, steps=4, batch_size=b)
+    assert (imp.w0_stacked is None) == (len(set(of_client)) == 2)  # runs of shared slices take tall GEMMs
+    bias = torch.randn(n, out_f, generator=g, dtype=torch.float64)
+    for k in (8, 7, 5, 3):  # clients drop off the end
         h = torch.randn(k, b, in_f, generator=g, dtype=torch.float64)
-        assert torch.allclose(imp.forward(h, bias[:k]), torch.bmm(h, w[:k].transpose(1, 2)), atol=1e-10)
+        expected = torch.baddbmm(bias[:k].unsqueeze(1), h, w[:k].transpose(1, 2))
+        assert torch.allclose(imp.forward(h, bias[:k]), expected, atol=1e-10)
         dy = torch.randn(k, b, out_f, generator=g, dtype=torch.float64)
         grad = torch.bmm(dy.transpose(1, 2), h) + wd * w[:k]
         buf[:k] = mu * buf[:k] + grad
         w[:k] -= 0.1 * buf[:k]
         imp.step(h, dy, hp)
     assert torch.allclose(imp.materialize(), w, atol=1e-10)
+    factored = imp.factored()
+    assert factored.base is slices.unique and torch.equal(factored.of_client, owner)
+    assert all(torch.allclose(factored[i], w[i], atol=1e-10) for i in range(n))
+    assert torch.equal(slices.unique, start)  # the shared slices are never written
 
 
-def test_implicit_path_matches_reference_end_to_end():
+@pytest.mark.parametrize("method,sizes", [("fedbrb", [8, 5, 8, 3, 7, 2, 6, 8]),
+                                          ("fedrolex", [12, 5, 12, 3, 9, 2, 6, 11])])
+def test_implicit_path_matches_reference_end_to_end(method, sizes):
     from fedbrb_fast.training.implicit_linear import use_implicit
 
     model = MLP(48, [32, 32], 5, norm="bn")
-    sizes = [8, 5, 8, 3, 7, 2, 6, 8]
     data = make_data((48,), sizes=sizes)
-    assert use_implicit(16, 48, 2, 4) and use_implicit(16, 16, 2, 4)  # hidden layers of width-1/2 clients
+    # Hidden layers of width-1/2 clients: 2 steps of 4 within half of 16; 3 steps only because
+    # FedRolex's clients share their slices.
+    assert use_implicit(16, 16, 2, 4) if method == "fedbrb" else (
+        use_implicit(16, 16, 3, 4, shared=True) and not use_implicit(16, 16, 3, 4))
     params = model.init(torch.Generator().manual_seed(1))
-    plans = make_round_plans("fedbrb", 0, list(range(8)), [0.5] * 8, group_sizes=model.layout.group_sizes,
+    plans = make_round_plans(method, 0, list(range(8)), [0.5] * 8, group_sizes=model.layout.group_sizes,
                              num_blocks=2, seed=0)
     for clip in (None, 0.05):
         local = LocalTraining(1, 4, 0.05, 0.9, 5e-4, clip)

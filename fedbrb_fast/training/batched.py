@@ -29,7 +29,7 @@ from ..models.factored import FactoredStack
 from ..models.stacked import SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
 from .data_span_linear import DataSpanLinearWeight, use_data_span
-from .implicit_linear import ImplicitLinearWeight, use_implicit
+from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
 from .local import LocalTraining, epoch_orders
 
 if TYPE_CHECKING:  # the Triton path is optional: its module loads only when used
@@ -128,11 +128,14 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
                                                     schedule.samples.shape[1]):
         span_layer = None
     span = _data_span(params[f"{span_layer}.weight"], x_all, schedule) if span_layer else None
+    starts = {layer: _slice_set(params[f"{layer}.weight"]) for layer in layers if layer != span_layer}
+    implicit = {layer: ImplicitLinearWeight(w0.to(device), steps, batch) for layer, w0 in starts.items()
+                if use_implicit(*w0.unique.shape[1:], steps, batch, shared=shares_slices(w0))}
+    # Only explicitly trained tensors get per-client copies.
+    kept_out = {f"{layer}.weight" for layer in [*implicit, *([span_layer] if span_layer else [])]}
     theta = {k: (v.stacked() if isinstance(v, SliceSet) else v).to(device).detach() for k, v in params.items()
-             if span_layer is None or k != f"{span_layer}.weight"}
+             if k not in kept_out}
     n = next(iter(theta.values())).shape[0]
-    implicit = {layer: ImplicitLinearWeight(theta[f"{layer}.weight"], steps, batch) for layer in layers
-                if layer != span_layer and use_implicit(*_weight_shape(theta[f"{layer}.weight"]), steps, batch)}
     # Filled at each client's first step (is_first_step), so never zeroed.
     momentum = ({k: torch.empty_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
                 if hp.momentum else {})
@@ -203,9 +206,9 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
                                                        alpha=-hp.lr)
             update.apply(hp, first=s == 0)
         loss_sum[:k] += per_client.detach().to(torch.float64)
-    for layer, weight in implicit.items():
-        theta[f"{layer}.weight"] = weight.materialize()
     trained: dict[str, Tensor | FactoredStack] = {name: theta[name] for name in params if name in theta}
+    for layer, weight in implicit.items():
+        trained[f"{layer}.weight"] = weight.factored() if factored else weight.materialize()
     if span is not None:
         trained[f"{span_layer}.weight"] = span.factored() if factored else span.materialize()
     steps_done = _steps_per_client(schedule.active, n).to(device)
@@ -242,7 +245,7 @@ class _SGDStep:
 def _data_span(w0: Tensor | SliceSet, x_all: Tensor, schedule: StepSchedule) -> DataSpanLinearWeight:
     """The input layer in data-span form: X_c [n, m, in] with zero rows past each client's data."""
     device = x_all.device
-    slices = w0 if isinstance(w0, SliceSet) else SliceSet(w0.detach(), torch.arange(len(w0)))
+    slices = _slice_set(w0)
     samples = take_rows(x_all, schedule.samples.to(device)).flatten(2)
     real = torch.arange(samples.shape[1]).unsqueeze(0) < schedule.counts.unsqueeze(1)
     if not bool(real.all()):  # zero the padding rows of clients with fewer samples
@@ -256,9 +259,9 @@ def take_rows(t: Tensor, rows: Tensor) -> Tensor:
     return t.index_select(0, rows.flatten()).view(*rows.shape, *t.shape[1:])
 
 
-def _weight_shape(stacked: Tensor) -> tuple[int, int]:
-    """(out, in) of stacked linear weights [n, out, in]."""
-    return stacked.shape[1], stacked.shape[2]
+def _slice_set(w: Tensor | SliceSet) -> SliceSet:
+    """Stacked weights as distinct slices (a tensor: one slice per client)."""
+    return w if isinstance(w, SliceSet) else SliceSet(w.detach(), torch.arange(len(w), device=w.device))
 
 
 def _steps_per_client(active: list[int], n: int) -> Tensor:

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..models.factored import FactoredStack
 from ..models.stacked import SliceSet
 from .local import LocalTraining
+from .slice_runs import MAX_RUNS_FRACTION, slice_runs
 
 
 def use_data_span(in_features: int, samples: int) -> bool:
@@ -90,8 +91,8 @@ class DataSpanLinearWeight:
         slice and coefficient a (same step count) take one batched GEMM whose input is the shared
         slice itself, so no per-client copy of w0 is written first."""
         e_t = self.e_w.transpose(1, 2)
-        runs = _runs(self.w0.of_client, self.a)
-        if len(runs) > _MAX_RUNS_FRACTION * len(self.a):
+        runs = slice_runs(self.w0.of_client, self.a)
+        if len(runs) > MAX_RUNS_FRACTION * len(self.a):
             w = self.w0.stacked()
             w.mul_(self.a.to(w.dtype).view(-1, 1, 1))
             return w.baddbmm_(e_t, self.samples)
@@ -103,26 +104,12 @@ class DataSpanLinearWeight:
         return w
 
 
-# Above this many runs per client, per-run GEMMs cost more in calls than they save in copies.
-_MAX_RUNS_FRACTION = 0.25
-
-
-def _runs(*keys: Tensor) -> list[tuple[int, int]]:
-    """[start, stop) of the runs of consecutive clients on which every key [n] is constant."""
-    n = len(keys[0])
-    change = torch.zeros(n, dtype=torch.bool)
-    for key in keys:
-        change[1:] |= (key[1:] != key[:-1]).cpu()
-    starts = [0, *(torch.nonzero(change).flatten() + 0).tolist()] if n else []
-    return list(zip(starts, [*starts[1:], n], strict=True))
-
-
 def _input_products(samples: Tensor, w0: SliceSet) -> Tensor:
     """P = X_c w0^T [n, m, out]: one tall GEMM per run of clients that share a slice, or one
     batched GEMM when slices are not shared."""
     n, m, in_f = samples.shape
-    runs = _runs(w0.of_client)
-    if len(runs) > _MAX_RUNS_FRACTION * n:
+    runs = slice_runs(w0.of_client)
+    if len(runs) > MAX_RUNS_FRACTION * n:
         return torch.bmm(samples, w0.stacked().transpose(1, 2))
     p = samples.new_empty(n, m, w0.unique.shape[1])
     for start, stop in runs:
