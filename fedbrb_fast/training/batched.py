@@ -130,7 +130,7 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
     span = _data_span(params[f"{span_layer}.weight"], x_all, schedule) if span_layer else None
     starts = {layer: _slice_set(params[f"{layer}.weight"]) for layer in layers if layer != span_layer}
     implicit = {layer: ImplicitLinearWeight(w0.to(device), steps, batch) for layer, w0 in starts.items()
-                if use_implicit(*w0.unique.shape[1:], steps, batch, shared=shares_slices(w0))}
+                if use_implicit(w0.unique.shape[1], w0.unique.shape[2], steps, batch, shared=shares_slices(w0))}
     # Only explicitly trained tensors get per-client copies.
     kept_out = {f"{layer}.weight" for layer in [*implicit, *([span_layer] if span_layer else [])]}
     theta = {k: (v.stacked() if isinstance(v, SliceSet) else v).to(device).detach() for k, v in params.items()

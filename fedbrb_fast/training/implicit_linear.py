@@ -42,7 +42,7 @@ class ImplicitLinearWeight:
         """`w0`: the clients' starting weights [n, out, in] as distinct slices. Clients sharing a
         slice compute against it in one tall GEMM (runs of consecutive clients); with many
         distinct slices, against per-client copies in one batched GEMM."""
-        n, (out_f, in_f) = len(w0.of_client), w0.unique.shape[1:]
+        n, out_f, in_f = len(w0.of_client), w0.unique.shape[1], w0.unique.shape[2]
         self.w0, self.b = w0, batch_size
         self.runs = slice_runs(w0.of_client)
         self.w0_stacked = None if shares_slices(w0) else w0.stacked()
