@@ -1,0 +1,124 @@
+"""PreResNet-18 as HeteroFL and FedRolex define it for CIFAR (docs/algorithm.md#model-families).
+
+A 3x3 stem convolution, four stages of two pre-activation basic blocks (widths [64, 128, 256,
+512] at width 1; stride 2 from the second stage on), then the final norm, ReLU, global average
+pool and a linear classifier. A block computes
+
+    a = ReLU(norm1(scaler(h)));  out = conv2(ReLU(norm2(scaler(conv1(a))))) + shortcut
+
+with the identity as shortcut, or a 1x1 convolution of `a` where the block changes width or stride.
+Convolutions have no bias. The scaler (divide by beta while training) comes before every norm.
+
+Channel groups (SPEC 2): every stage's residual stream is one group (the stem's output, each
+block's conv2 output and shortcut, the norms that read it), and each block's inner channels
+(conv1 output, norm2) are a group of their own. Streams of consecutive stages are adjacent through
+the shortcut convolution, so the layout is not a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .functional import normalize, scale_activation
+from .layout import ModelLayout, ParamSpec
+
+BLOCKS_PER_STAGE = 2
+WIDTHS = (64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One basic block: its parameter prefix, the groups it reads and writes, its stride."""
+
+    prefix: str
+    in_stream: int
+    inner: int
+    out_stream: int
+    stride: int
+
+    @property
+    def has_shortcut_conv(self) -> bool:
+        return self.stride != 1 or self.in_stream != self.out_stream
+
+
+def blocks(num_stages: int) -> list[Block]:
+    """Blocks in network order. Groups are numbered stage by stage: the stage's stream, then the
+    inner groups of its blocks."""
+    out: list[Block] = []
+    prev_stream = 0
+    for s in range(num_stages):
+        stream = s * (BLOCKS_PER_STAGE + 1)
+        for j in range(BLOCKS_PER_STAGE):
+            first = j == 0
+            out.append(Block(f"stage{s}.block{j}", prev_stream if first else stream, stream + 1 + j, stream,
+                             2 if first and s > 0 else 1))
+        prev_stream = stream
+    return out
+
+
+def preresnet_layout(in_channels: int, widths: Sequence[int], num_classes: int, norm: str) -> ModelLayout:
+    """Group sizes in group order (per stage: stream, inner of block 0, inner of block 1) and the specs."""
+    sizes: list[int] = []
+    for w in widths:
+        sizes += [w] * (BLOCKS_PER_STAGE + 1)
+    specs = [ParamSpec("stem.weight", (widths[0], in_channels, 3, 3), (0, None, None, None))]
+
+    def norm_specs(prefix: str, group: int) -> list[ParamSpec]:
+        if norm == "none":
+            return []
+        return [ParamSpec(f"{prefix}.weight", (sizes[group],), (group,)),
+                ParamSpec(f"{prefix}.bias", (sizes[group],), (group,))]
+
+    for b in blocks(len(widths)):
+        c_in, c_mid, c_out = sizes[b.in_stream], sizes[b.inner], sizes[b.out_stream]
+        specs += norm_specs(f"{b.prefix}.norm1", b.in_stream)
+        specs.append(ParamSpec(f"{b.prefix}.conv1.weight", (c_mid, c_in, 3, 3), (b.inner, b.in_stream, None, None)))
+        specs += norm_specs(f"{b.prefix}.norm2", b.inner)
+        specs.append(ParamSpec(f"{b.prefix}.conv2.weight", (c_out, c_mid, 3, 3), (b.out_stream, b.inner, None, None)))
+        if b.has_shortcut_conv:
+            specs.append(ParamSpec(f"{b.prefix}.shortcut.weight", (c_out, c_in, 1, 1),
+                                   (b.out_stream, b.in_stream, None, None)))
+    last = blocks(len(widths))[-1].out_stream
+    specs += norm_specs("final_norm", last)
+    specs.append(ParamSpec("out.weight", (num_classes, sizes[last]), (None, last)))
+    specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
+    return ModelLayout(tuple(sizes), tuple(specs))
+
+
+def preresnet_forward(params: Mapping[str, Tensor], x: Tensor, *, num_stages: int, norm: str, norm_groups: int,
+                      scaler: bool, beta: float = 1.0, train: bool = False) -> Tensor:
+    """Logits [b, classes] of images x [b, C, H, W]."""
+    def pre_activation(h: Tensor, prefix: str) -> Tensor:
+        h = scale_activation(h, beta=beta, train=train, scaler=scaler)
+        return F.relu(normalize(h, norm, params.get(f"{prefix}.weight"), params.get(f"{prefix}.bias"), norm_groups,
+                                fused=not train))
+
+    h = F.conv2d(x, params["stem.weight"], padding=1)
+    for b in blocks(num_stages):
+        a = pre_activation(h, f"{b.prefix}.norm1")
+        shortcut = F.conv2d(a, params[f"{b.prefix}.shortcut.weight"], stride=b.stride) if b.has_shortcut_conv else h
+        out = F.conv2d(a, params[f"{b.prefix}.conv1.weight"], stride=b.stride, padding=1)
+        out = F.conv2d(pre_activation(out, f"{b.prefix}.norm2"), params[f"{b.prefix}.conv2.weight"], padding=1)
+        h = out + shortcut
+    h = pre_activation(h, "final_norm").mean(dim=(2, 3))
+    return F.linear(h, params["out.weight"], params["out.bias"])
+
+
+def preresnet_flops_per_sample(in_channels: int, widths: Sequence[int], num_classes: int,
+                               spatial: tuple[int, int]) -> int:
+    """Multiply-adds x2 of the convolutions and the classifier of one forward pass."""
+    sizes: list[int] = []
+    for w in widths:
+        sizes += [w] * (BLOCKS_PER_STAGE + 1)
+    hgt, wid = spatial
+    total = 2 * hgt * wid * sizes[0] * in_channels * 9
+    for b in blocks(len(widths)):
+        if b.stride != 1:
+            hgt, wid = (hgt + 1) // 2, (wid + 1) // 2
+        c_in, c_mid, c_out = sizes[b.in_stream], sizes[b.inner], sizes[b.out_stream]
+        total += 2 * hgt * wid * (c_mid * c_in * 9 + c_out * c_mid * 9 + (c_out * c_in if b.has_shortcut_conv else 0))
+    return total + 2 * sizes[blocks(len(widths))[-1].out_stream] * num_classes

@@ -1,0 +1,124 @@
+"""PreResNet-18 (models/preresnet.py) against a plain nn.Module written as HeteroFL writes its
+pre-activation blocks (two per stage here, as SPEC 7 defines the model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbrb_fast.models.preresnet import blocks, preresnet_flops_per_sample, preresnet_forward, preresnet_layout
+
+
+class Scaler(nn.Module):
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        return x / self.beta if self.training else x
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    return nn.GroupNorm(2, channels) if kind == "gn" else nn.Identity()
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, beta: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = make_norm(norm, c_in), make_norm(norm, c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.scaler = Scaler(beta)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x):
+        out = F.relu(self.norm1(self.scaler(x)))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv2(F.relu(self.norm2(self.scaler(self.conv1(out)))))
+        return out + shortcut
+
+
+class PreResNet(nn.Module):
+    def __init__(self, c_in: int, widths: list[int], classes: int, norm: str, beta: float) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(c_in, widths[0], 3, 1, 1, bias=False)
+        layers, prev = [], widths[0]
+        for s, w in enumerate(widths):
+            for j in range(2):
+                layers.append(PreActBlock(prev, w, 2 if j == 0 and s > 0 else 1, norm, beta))
+                prev = w
+        self.blocks = nn.Sequential(*layers)
+        self.final_norm, self.scaler = make_norm(norm, prev), Scaler(beta)
+        self.out = nn.Linear(prev, classes)
+
+    def forward(self, x):
+        h = self.blocks(self.stem(x))
+        return self.out(F.relu(self.final_norm(self.scaler(h))).mean(dim=(2, 3)))
+
+
+def module_params(module: PreResNet, norm: str) -> dict[str, torch.Tensor]:
+    """The module's tensors under the layout's names."""
+    names = {"stem.weight": module.stem.weight, "out.weight": module.out.weight, "out.bias": module.out.bias}
+    for b, blk in zip(blocks(4), module.blocks, strict=True):
+        names[f"{b.prefix}.conv1.weight"], names[f"{b.prefix}.conv2.weight"] = blk.conv1.weight, blk.conv2.weight
+        if blk.shortcut is not None:
+            names[f"{b.prefix}.shortcut.weight"] = blk.shortcut.weight
+        if norm != "none":
+            for n in ("norm1", "norm2"):
+                names[f"{b.prefix}.{n}.weight"], names[f"{b.prefix}.{n}.bias"] = (getattr(blk, n).weight,
+                                                                                    getattr(blk, n).bias)
+    if norm != "none":
+        names["final_norm.weight"], names["final_norm.bias"] = module.final_norm.weight, module.final_norm.bias
+    return {k: v.detach() for k, v in names.items()}
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "none"])
+@pytest.mark.parametrize("train", [True, False])
+def test_functional_forward_equals_the_module(norm, train):
+    torch.manual_seed(0)
+    widths, beta = [4, 8, 8, 16], 0.25
+    module = PreResNet(3, widths, 10, norm, beta).double().train(train)
+    for p in module.parameters():  # norm affine parameters away from 1 and 0
+        nn.init.uniform_(p, -0.5, 0.5)
+    params = module_params(module, norm)
+    layout = preresnet_layout(3, widths, 10, norm)
+    assert set(params) == set(layout.names)
+    assert all(tuple(params[s.name].shape) == s.shape for s in layout.params)
+    x = torch.randn(5, 3, 9, 9, dtype=torch.float64)
+    got = preresnet_forward(params, x, num_stages=4, norm=norm, norm_groups=2, scaler=True, beta=beta, train=train)
+    assert torch.allclose(got, module(x), atol=1e-12)
+
+
+def test_groups_streams_and_adjacency():
+    layout = preresnet_layout(3, [64, 128, 256, 512], 100, "bn")
+    assert layout.group_sizes == (64,) * 3 + (128,) * 3 + (256,) * 3 + (512,) * 3
+    pairs = {tuple(sorted(g for g in s.axis_groups[:2] if g is not None)) for s in layout.params}
+    adjacent = {p for p in pairs if len(p) == 2}
+    # Every stream meets the next stream (shortcut) and the first inner group of the next stage.
+    assert {(0, 3), (3, 6), (6, 9), (0, 4), (3, 4)} <= adjacent
+    assert (0, 1) in adjacent and (0, 2) in adjacent and (1, 2) not in adjacent
+    assert not any(s.axis_groups[0] is not None and s.axis_groups[0] == s.axis_groups[1]
+                   for s in layout.params if len(s.shape) > 1)  # no tensor sliced on both axes by one group
+    # 11.2 M parameters, the module's.
+    module = PreResNet(3, [64, 128, 256, 512], 100, "bn", 1.0)
+    assert sum(torch.Size(s.shape).numel() for s in layout.params) == sum(p.numel() for p in module.parameters())
+
+
+def test_flops_per_sample_counts_every_convolution():
+    torch.manual_seed(0)
+    widths, spatial = [4, 8, 8, 16], (9, 9)
+    module = PreResNet(3, widths, 10, "none", 1.0)
+    counted = []
+
+    def hook(mod, inputs, output):
+        counted.append(2 * output.numel() * mod.weight[0].numel())
+
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            m.register_forward_hook(hook)
+    module(torch.randn(1, 3, *spatial))
+    assert preresnet_flops_per_sample(3, widths, 10, spatial) == sum(counted)
