@@ -60,20 +60,16 @@ class PreResNet(nn.Module):
         return self.out(F.relu(self.final_norm(self.scaler(h))).mean(dim=(2, 3)))
 
 
-def module_params(module: PreResNet, norm: str) -> dict[str, torch.Tensor]:
-    """The module's tensors under the layout's names."""
-    names = {"stem.weight": module.stem.weight, "out.weight": module.out.weight, "out.bias": module.out.bias}
-    for b, blk in zip(blocks(4), module.blocks, strict=True):
-        names[f"{b.prefix}.conv1.weight"], names[f"{b.prefix}.conv2.weight"] = blk.conv1.weight, blk.conv2.weight
-        if blk.shortcut is not None:
-            names[f"{b.prefix}.shortcut.weight"] = blk.shortcut.weight
-        if norm != "none":
-            for n in ("norm1", "norm2"):
-                names[f"{b.prefix}.{n}.weight"], names[f"{b.prefix}.{n}.bias"] = (getattr(blk, n).weight,
-                                                                                    getattr(blk, n).bias)
-    if norm != "none":
-        names["final_norm.weight"], names["final_norm.bias"] = module.final_norm.weight, module.final_norm.bias
-    return {k: v.detach() for k, v in names.items()}
+def module_params(module: PreResNet) -> dict[str, torch.Tensor]:
+    """The module's tensors under the layout's names (block i of the Sequential is blocks(4)[i])."""
+    prefixes = [b.prefix for b in blocks(4)]
+    out = {}
+    for name, p in module.named_parameters():
+        if name.startswith("blocks."):
+            _, i, rest = name.split(".", 2)
+            name = f"{prefixes[int(i)]}.{rest}"
+        out[name] = p.detach()
+    return out
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn", "none"])
@@ -84,7 +80,7 @@ def test_functional_forward_equals_the_module(norm, train):
     module = PreResNet(3, widths, 10, norm, beta).double().train(train)
     for p in module.parameters():  # norm affine parameters away from 1 and 0
         nn.init.uniform_(p, -0.5, 0.5)
-    params = module_params(module, norm)
+    params = module_params(module)
     layout = preresnet_layout(3, widths, 10, norm)
     assert set(params) == set(layout.names)
     assert all(tuple(params[s.name].shape) == s.shape for s in layout.params)
