@@ -91,11 +91,15 @@ def test_functional_forward_equals_the_module(norm, train):
 
 def test_groups_streams_and_adjacency():
     layout = preresnet_layout(3, [64, 128, 256, 512], 100, "bn")
+    # Network order, by the first tensor that writes a group: stream 0, its blocks' inner groups,
+    # then per later stage the first block's inner group, the stage's stream, the second inner group.
     assert layout.group_sizes == (64,) * 3 + (128,) * 3 + (256,) * 3 + (512,) * 3
+    streams = [b.out_stream for b in blocks(4)][::2]
+    assert streams == [0, 4, 7, 10]
     pairs = {tuple(sorted(g for g in s.axis_groups[:2] if g is not None)) for s in layout.params}
     adjacent = {p for p in pairs if len(p) == 2}
-    # Every stream meets the next stream (shortcut) and the first inner group of the next stage.
-    assert {(0, 3), (3, 6), (6, 9), (0, 4), (3, 4)} <= adjacent
+    # Consecutive streams meet in the shortcut; a stage's first inner group meets both streams.
+    assert {(0, 4), (4, 7), (7, 10), (0, 3), (3, 4)} <= adjacent
     assert (0, 1) in adjacent and (0, 2) in adjacent and (1, 2) not in adjacent
     assert not any(s.axis_groups[0] is not None and s.axis_groups[0] == s.axis_groups[1]
                    for s in layout.params if len(s.shape) > 1)  # no tensor sliced on both axes by one group

@@ -35,6 +35,7 @@ class Block:
     """One basic block: its parameter prefix, the groups it reads and writes, its stride."""
 
     prefix: str
+    stage: int
     in_stream: int
     inner: int
     out_stream: int
@@ -46,25 +47,33 @@ class Block:
 
 
 def blocks(num_stages: int) -> list[Block]:
-    """Blocks in network order. Groups are numbered stage by stage: the stage's stream, then the
-    inner groups of its blocks."""
+    """Blocks in network order. Groups are numbered in network order, by the first tensor that
+    writes them: stream 0 (the stem), then per block its inner group and, where a stage begins, the
+    new stream its conv2 and shortcut write."""
     out: list[Block] = []
-    prev_stream = 0
+    stream, groups = 0, 1
     for s in range(num_stages):
-        stream = s * (BLOCKS_PER_STAGE + 1)
         for j in range(BLOCKS_PER_STAGE):
-            first = j == 0
-            out.append(Block(f"stage{s}.block{j}", prev_stream if first else stream, stream + 1 + j, stream,
-                             2 if first and s > 0 else 1))
-        prev_stream = stream
+            first = j == 0 and s > 0
+            inner, groups = groups, groups + 1
+            new_stream = groups if first else stream
+            groups += first
+            out.append(Block(f"stage{s}.block{j}", s, stream, inner, new_stream, 2 if first else 1))
+            stream = new_stream
     return out
 
 
+def group_widths(widths: Sequence[int]) -> list[int]:
+    """N_g of every group in group order: each block's groups have its stage's width."""
+    sizes = [widths[0]]
+    for b in blocks(len(widths)):
+        sizes += [widths[b.stage]] * (1 + (b.out_stream != b.in_stream))
+    return sizes
+
+
 def preresnet_layout(in_channels: int, widths: Sequence[int], num_classes: int, norm: str) -> ModelLayout:
-    """Group sizes in group order (per stage: stream, inner of block 0, inner of block 1) and the specs."""
-    sizes: list[int] = []
-    for w in widths:
-        sizes += [w] * (BLOCKS_PER_STAGE + 1)
+    """Group sizes in group order and the parameter specs."""
+    sizes = group_widths(widths)
     specs = [ParamSpec("stem.weight", (widths[0], in_channels, 3, 3), (0, None, None, None))]
 
     def norm_specs(prefix: str, group: int) -> list[ParamSpec]:
@@ -111,9 +120,7 @@ def preresnet_forward(params: Mapping[str, Tensor], x: Tensor, *, num_stages: in
 def preresnet_flops_per_sample(in_channels: int, widths: Sequence[int], num_classes: int,
                                spatial: tuple[int, int]) -> int:
     """Multiply-adds x2 of the convolutions and the classifier of one forward pass."""
-    sizes: list[int] = []
-    for w in widths:
-        sizes += [w] * (BLOCKS_PER_STAGE + 1)
+    sizes = group_widths(widths)
     hgt, wid = spatial
     total = 2 * hgt * wid * sizes[0] * in_channels * 9
     for b in blocks(len(widths)):
