@@ -293,8 +293,8 @@ def test_flower_fedbrb_plans_with_its_layouts_coefficients():
     assert strategy.shear == shear_coefficients(layout)
     nodes = [21, 7, 13]
     strategy._numbering.ordered(None, nodes)  # type: ignore[arg-type]  # node-order numbering asks no grid
-    got = strategy._plans(2, nodes)
-    want = make_round_plans("fedbrb", 1, [strategy._numbering.index(n) for n in nodes], [0.125] * 3,
+    got = strategy._plans(31, nodes)  # roll counters 90-92: both shear terms at work (K = 8)
+    want = make_round_plans("fedbrb", 30, [strategy._numbering.index(n) for n in nodes], [0.125] * 3,
                             group_sizes=layout.group_sizes, num_blocks=8, seed=0, shear=shear_coefficients(layout))
     assert [[i.tolist() for i in p.indices] for p in got] == [[i.tolist() for i in p.indices] for p in want]
     with pytest.raises(ValueError, match="channel group 4 is adjacent"):
