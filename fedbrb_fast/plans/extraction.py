@@ -90,8 +90,6 @@ def make_round_plans(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if method == "fedbrb":
-        shear = _checked_shear(shear, len(group_sizes))
     order = sorted(range(len(clients)), key=lambda j: clients[j])
     m = len(clients)
     plans: list[ClientPlan | None] = [None] * m
