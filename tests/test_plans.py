@@ -174,3 +174,19 @@ def test_window_sizes_for_all_methods_match_ceil_beta_n():
     for method, w in itertools.product(("fedbrb", "fedrolex", "heterofl", "fd"), (0.25, 0.5, 0.75)):
         (p,) = make_round_plans(method, 2, [3], [w], group_sizes=[8, 16], num_blocks=4, seed=0)
         assert [len(i) for i in p.indices] == [int(8 * w), int(16 * w)]
+
+
+@pytest.mark.parametrize("schedule", ["shear", "diagonal"])
+def test_layout_coverage_agrees_with_tile_coverage_on_a_chain(schedule):
+    from fedbrb_fast.models import MLP
+    from fedbrb_fast.plans import layout_coverage
+
+    k, layout = 4, MLP(6, [8, 16, 8], 3, norm="bn").layout
+    widths = [1 / k, 2 / k, 3 / k]
+    plans = [make_plan(u, widths[u % 3], layout.group_sizes, k, schedule) for u in range(3, 3 + 2 * k * k)]
+    cov = layout_coverage(plans, layout, k)
+    for g in (1, 2):
+        sizes = layout.group_sizes
+        assert torch.equal(cov.tiles[f"hidden{g}.weight"], tile_coverage(plans, g, g - 1, sizes[g], sizes[g - 1], k))
+    assert torch.equal(cov.tiles["out.weight"], cov.tiles["hidden2.bias"])  # both sliced by group 2 alone
+    assert cov.tiles["out.bias"].item() == len(plans)

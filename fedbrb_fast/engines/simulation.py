@@ -17,7 +17,7 @@ from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
 from ..models import build_model
-from ..plans import assign_widths, make_round_plans, sample_clients
+from ..plans import assign_widths, make_round_plans, sample_clients, shear_coefficients
 from ..profiling import PhaseTimer
 from ..schedules import lam_at, lr_at
 from ..seeding import STREAM_INIT, torch_generator
@@ -79,6 +79,8 @@ class Simulation:
         self.data = data if data is not None else build_federated_data(cfg)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes)
         self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
+        # FedBRB's shear from the layout's adjacency: a layout it cannot roll is refused before any round.
+        self.shear = shear_coefficients(self.model.layout) if cfg.method.name == "fedbrb" else None
         self.client_widths = assign_widths(
             cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed
         )
@@ -104,6 +106,7 @@ class Simulation:
                 num_blocks=cfg.num_blocks,
                 seed=cfg.seed,
                 schedule=cfg.method.schedule,
+                shear=self.shear,
             )
         lr = lr_at(
             t,

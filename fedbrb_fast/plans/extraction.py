@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..methods import METHODS
 from ..seeding import STREAM_PLAN, torch_generator
+from .shear import Shear, chain_shear
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,12 @@ class ClientPlan:
     roll: int | None = None  # FedBRB roll counter u
 
 
-def rolling_block_start(u: int, group: int, num_blocks: int, schedule: str = "shear") -> int:
-    """b_g(u) = (u + g * floor(u / K)) mod K; the diagonal ablation drops the shear term."""
+def rolling_block_start(u: int, c: int, num_blocks: int, schedule: str = "shear", e: int = 0) -> int:
+    """b_g(u) = (u + c_g * floor(u / K) + e_g * floor(u / K^2)) mod K for a group's shear coefficients
+    (c_g, e_g) (chains: c_g = g, e_g = 0; plans/shear.py); the diagonal ablation drops both shear terms."""
     if schedule == "diagonal":
         return u % num_blocks
-    return (u + group * (u // num_blocks)) % num_blocks
+    return (u + c * (u // num_blocks) + e * (u // num_blocks**2)) % num_blocks
 
 
 def window(start: int, size: int, total: int) -> Tensor:
@@ -39,14 +41,26 @@ def window(start: int, size: int, total: int) -> Tensor:
 
 
 def fedbrb_indices(
-    u: int, width: float, group_sizes: Sequence[int], num_blocks: int, schedule: str
+    u: int, width: float, group_sizes: Sequence[int], num_blocks: int, schedule: str,
+    shear: Sequence[Shear] | None = None,
 ) -> tuple[Tensor, ...]:
+    """Per group, the window of s = width*K blocks from block b_g(u); `shear`: per-group (c_g, e_g),
+    None for the chain coefficients (right for chain layouts only)."""
+    shear = _checked_shear(shear, len(group_sizes))
     s = round(width * num_blocks)
     out = []
-    for g, n in enumerate(group_sizes):
+    for n, (c, e) in zip(group_sizes, shear, strict=True):
         b = n // num_blocks
-        out.append(window(rolling_block_start(u, g, num_blocks, schedule) * b, s * b, n))
+        out.append(window(rolling_block_start(u, c, num_blocks, schedule, e) * b, s * b, n))
     return tuple(out)
+
+
+def _checked_shear(shear: Sequence[Shear] | None, num_groups: int) -> Sequence[Shear]:
+    if shear is None:
+        return chain_shear(num_groups)
+    if len(shear) != num_groups:
+        raise ValueError(f"shear: {len(shear)} (c_g, e_g) pairs for {num_groups} channel groups")
+    return shear
 
 
 def channel_count(width: float, n: int) -> int:
@@ -64,8 +78,12 @@ def make_round_plans(
     num_blocks: int,
     seed: int,
     schedule: str = "shear",
+    shear: Sequence[Shear] | None = None,
 ) -> list[ClientPlan]:
     """Plans for the sampled `clients` (with their widths) of round `round_idx`.
+
+    `shear`: FedBRB's per-group coefficients (c_g, e_g), `shear_coefficients(layout)`; None gives the
+    chain coefficients (c_g = g, e_g = 0), which are right for chain layouts only. Other methods ignore it.
 
     For fedavg and fedavg_small every client takes the whole global model (fedavg_small's global
     model is itself small; the model builder handles that).
@@ -83,7 +101,7 @@ def make_round_plans(
             idx = tuple(torch.arange(n) for n in group_sizes)
         elif method == "fedbrb":
             roll = round_idx * m + j
-            idx = fedbrb_indices(roll, width, group_sizes, num_blocks, schedule)
+            idx = fedbrb_indices(roll, width, group_sizes, num_blocks, schedule, shear)
         elif method == "fedrolex":
             idx = tuple(window(round_idx % n, channel_count(width, n), n) for n in group_sizes)
         elif method == "heterofl":

@@ -36,7 +36,7 @@ from ...aggregation import Accumulator, AggregationOverflow, ClientBatch, rule_f
 from ...aggregation.backends import BACKENDS
 from ...methods import uneven_groups
 from ...models.layout import ModelLayout, extract
-from ...plans import ClientPlan, make_round_plans, sample_clients
+from ...plans import ClientPlan, Shear, make_round_plans, sample_clients, shear_coefficients
 from .node_numbering import NodeNumbering
 from .records import MalformedReply, PlanRecord, array_record, decode_into, reply_metric, reply_weight, single_record
 from .reply_stacks import ReplyStacks
@@ -128,6 +128,7 @@ class SubModelStrategy(Strategy):
 
     # -- what subclasses vary -----------------------------------------------------------------------
     schedule: str = "shear"  # FedBRB sets its own per instance
+    shear: tuple[Shear, ...] | None = None  # FedBRB's coefficients from its layout
 
     def lam(self, server_round: int) -> float:
         return 0.0
@@ -287,7 +288,7 @@ class SubModelStrategy(Strategy):
         widths = [self._width_of(node) for node in nodes]
         return make_round_plans(self.method, server_round - 1, [self._numbering.index(n) for n in nodes], widths,
                                 group_sizes=self.layout.group_sizes, num_blocks=self.num_blocks, seed=self.seed,
-                                schedule=self.schedule)
+                                schedule=self.schedule, shear=self.shear)
 
     def _width_of(self, node: int) -> float:
         if node not in self._widths:
@@ -352,6 +353,7 @@ class FedBRB(SubModelStrategy):
         if not callable(lam) and not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
         self._lam, self.schedule = lam, schedule
+        self.shear = shear_coefficients(layout)  # a layout FedBRB cannot roll is refused here
         super().__init__(layout, **kwargs)
 
     def lam(self, server_round: int) -> float:
