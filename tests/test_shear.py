@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from resnet_layout import preresnet18_layout
 
 import fedbrb_fast.engines.simulation as simulation_module
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.integrations.flower import FedBRB
 from fedbrb_fast.models import CNN, MLP, ModelLayout, ParamSpec, extract
+from fedbrb_fast.models.preresnet import preresnet_layout
 from fedbrb_fast.plans import (
     ClientPlan,
     diagonal_only_tensors,
@@ -34,7 +34,7 @@ def layouts() -> dict[str, ModelLayout]:
     return {
         "mlp": MLP(12, [16, 32, 8], 5, norm="bn").layout,
         "cnn": CNN(1, [8, 16, 32, 64], 10, norm="bn").layout,
-        "preresnet18": preresnet18_layout(3, [8, 16, 32, 64], 10),
+        "preresnet18": preresnet_layout(3, [8, 16, 32, 64], 10, "bn"),
     }
 
 
@@ -70,11 +70,11 @@ def test_chains_have_consecutive_adjacency_and_coefficients_g_0():
 
 def test_preresnet18_adjacency_and_colouring_by_hand():
     layout = layouts()["preresnet18"]
-    # groups in network order: 0 stream0, 1-2 inner of stage 0, 3 inner of layer2.0, 4 stream1, 5 inner of
-    # layer2.1, 6 inner of layer3.0, 7 stream2, 8, 9 inner, 10 stream3, 11 inner of layer4.1.
+    # groups in network order: 0 stream0, 1-2 inner of stage 0, 3 inner of stage1.block0, 4 stream1, 5 inner of
+    # stage1.block1, 6 inner of stage2.block0, 7 stream2, 8, 9 inner, 10 stream3, 11 inner of stage3.block1.
     assert layout.group_sizes == (8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64)
     assert group_adjacency(layout) == {
-        (0, 1), (0, 2), (0, 3), (3, 4), (0, 4),  # stage 0 blocks; layer2.0 conv1, conv2, shortcut
+        (0, 1), (0, 2), (0, 3), (3, 4), (0, 4),  # stage 0 blocks; stage1.block0 conv1, conv2, shortcut
         (4, 5), (4, 6), (6, 7), (4, 7),
         (7, 8), (7, 9), (9, 10), (7, 10),
         (10, 11),
@@ -166,7 +166,7 @@ def test_chain_coefficients_miss_tiles_on_preresnet18(k):
     plans = [ClientPlan(client=u, width=1 / k, roll=u,
                         indices=fedbrb_indices(u, 1 / k, layout.group_sizes, k, "shear", chain)) for u in range(k**3)]
     cov = layout_coverage(plans, layout, k)
-    assert (cov.tiles["layer2.0.shortcut.weight"] == 0).any()
+    assert (cov.tiles["stage1.block0.shortcut.weight"] == 0).any()
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "preresnet18"])
