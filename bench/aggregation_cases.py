@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fedbrb_fast.aggregation import Accumulator, AggregationRule, ClientBatch, aggregate, as_dense
-from fedbrb_fast.models import CNN, MLP, Model, ModelLayout
+from fedbrb_fast.models import CNN, MLP, ModelFamily, ModelLayout
 from fedbrb_fast.models.stacked import gather_stacked
 from fedbrb_fast.plans import make_round_plans
 
@@ -51,7 +51,7 @@ class Case:
 def make_case(name: str, scale: float = 1.0, hidden: list[int] | None = None, seed: int = 0) -> Case:
     """`scale` shrinks the client count (quick runs), `hidden` the model (default: the benchmark's
     full size); `seed` draws other plans and updates."""
-    model: Model
+    model: ModelFamily
     if name == "mlp":
         model, clients, width = MLP(784, hidden or [1024, 1024], 10, norm="bn"), 1000, 1 / 8
     elif name == "cnn":

@@ -18,6 +18,7 @@ Contenders, each a callable running one whole round and returning its phase seco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from fedbrb_fast.aggregation import AggregationRule, rule_for_method
 from fedbrb_fast.data import FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
 from fedbrb_fast.engines.base import aggregate_stream
-from fedbrb_fast.models import CNN, MLP, Model
+from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.plans import ClientPlan, make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
@@ -48,7 +49,7 @@ Round = Callable[[], dict[str, float]]  # runs one round, returns seconds per ph
 @dataclass(frozen=True)
 class EngineCase:
     name: str
-    model: Model
+    model: MLP | CNN  # the families the plain loop (plain_loop.py) is written for
     data: FederatedData
     params: dict[str, Tensor]
     hp: LocalTraining
@@ -72,13 +73,11 @@ class EngineCase:
         """Model FLOPs of forward + backward over the round's samples (weight and input gradients,
         without the first layer's input gradient, which nobody computes)."""
         widths = [max(1, round(self.width * n)) for n in self.model.layout.group_sizes]
-        if isinstance(self.model, CNN):
-            c, hgt, wid = self.data.input_shape
-            fwd = self.model.flops_per_sample(widths, (hgt, wid))
-            first_dx = 2 * hgt * wid * widths[0] * c * 9
-        else:
-            fwd = self.model.flops_per_sample(widths)
-            first_dx = 2 * self.model.in_features * widths[0]
+        fwd = self.model.flops_per_sample(widths, self.data.input_shape)
+        first = self.model.layout.params[0]  # the first layer's weight
+        assert first.fan_in is not None
+        positions = math.prod(self.data.input_shape[1:]) if self.model.arch == "cnn" else 1  # conv: every pixel
+        first_dx = 2 * positions * widths[0] * first.fan_in
         samples = sum(self.data.num_samples(c) for c in clients) * self.hp.epochs
         return (3 * fwd - first_dx) * samples / 1e9
 
@@ -104,7 +103,7 @@ def synthetic_clients(num_clients: int, seed: int = SEED) -> FederatedData:
 def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
     """The case `name` with `num_clients` clients; `tiny` shrinks the models (tests, --quick)."""
     if name == "mlp":
-        model: Model = MLP(784, [64, 64] if tiny else [1024, 1024], 10, norm="none", scaler=False)
+        model: MLP | CNN = MLP(784, [64, 64] if tiny else [1024, 1024], 10, norm="none", scaler=False)
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(2, 10, 0.02, 0.9, 5e-4), 1 / 8
     elif name == "cnn":
         model = CNN(1, [64, 64, 64, 64] if tiny else [64, 128, 256, 512], 10, norm="bn")

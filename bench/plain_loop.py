@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fedbrb_fast.aggregation import AggregationRule
 from fedbrb_fast.data import FederatedData
-from fedbrb_fast.models import CNN, Model, ModelLayout, ParamSpec
+from fedbrb_fast.models import CNN, MLP, ModelLayout, ParamSpec
 from fedbrb_fast.plans import ClientPlan
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import LocalTraining
@@ -54,10 +54,10 @@ class PlainNet(nn.Module):
     """The global architecture at the client's `widths`: blocks named like the project's
     parameters (hidden{g}, norm{g}, out), so state dicts share their keys."""
 
-    def __init__(self, model: Model, widths: Sequence[int], rate: float) -> None:
+    def __init__(self, model: MLP | CNN, widths: Sequence[int], rate: float) -> None:
         super().__init__()
-        conv = isinstance(model, CNN)
-        fan_in = model.in_channels if isinstance(model, CNN) else model.in_features
+        conv = model.arch == "cnn"
+        fan_in = model.layout.params[0].shape[1]  # the first layer's input features (channels)
         self.blocks = len(widths)
         for g, width in enumerate(widths):
             layer = nn.Conv2d(fan_in, width, 3, padding=1) if conv else nn.Linear(fan_in, width)
@@ -91,7 +91,7 @@ def split_model(params: Mapping[str, Tensor], layout: ModelLayout, indices: Sequ
             for s in layout.params}
 
 
-def train_client(model: Model, state: dict[str, Tensor], plan: ClientPlan, x: Tensor, y: Tensor, hp: LocalTraining,
+def train_client(model: MLP | CNN, state: dict[str, Tensor], plan: ClientPlan, x: Tensor, y: Tensor, hp: LocalTraining,
                  generator: torch.Generator) -> dict[str, Tensor]:
     net = PlainNet(model, [len(ix) for ix in plan.indices], plan.width)
     net.load_state_dict(state)
@@ -151,7 +151,7 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
     return new
 
 
-def plain_round(model: Model, params: Mapping[str, Tensor], data: FederatedData, plans: Sequence[ClientPlan],
+def plain_round(model: MLP | CNN, params: Mapping[str, Tensor], data: FederatedData, plans: Sequence[ClientPlan],
                 hp: LocalTraining, rule: AggregationRule, *, seed: int, round_idx: int) -> dict[str, Tensor]:
     """One round: every client trained in turn, then aggregated; returns the new global model."""
     results = []

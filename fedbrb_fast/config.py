@@ -7,21 +7,30 @@ error names the field (dotted path) and the reason.
 from __future__ import annotations
 
 import tomllib
+from abc import abstractmethod
 from fractions import Fraction
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from .methods import Method, uneven_groups
 
 IMAGE_DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "cifar100")
 VECTOR_DATASETS = ("mnist1d", "synthetic")
 LOCAL_FILE_DATASETS = ("mnist", "cifar10", "cifar100")
-DEFAULT_HIDDEN = {"mlp": [256, 256], "cnn": [64, 128, 256, 512]}
 
 
 class ConfigError(ValueError):
@@ -57,8 +66,27 @@ class DataConfig(_Section):
     synthetic_max_samples: int | None = Field(1000, ge=50)
 
 
-class ModelConfig(_Section):
-    arch: Literal["mlp", "cnn"] = "mlp"
+class FamilyConfig(_Section):
+    """The [model] section of one model family, selected by `arch` (the key of the family's
+    entry in `models.registry`); each family subclasses this with its own fields."""
+
+    arch: str
+    needs_images: ClassVar[bool] = False  # inputs must be (channels, height, width)
+
+    @property
+    @abstractmethod
+    def group_sizes(self) -> list[int]:
+        """Sizes N_g of the global model's channel groups, in network order."""
+
+    @abstractmethod
+    def narrowed(self, num_blocks: int) -> Self:
+        """The same family with every group num_blocks times narrower (fedavg_small's global model)."""
+
+
+class ChainConfig(FamilyConfig):
+    """A chain of hidden layers (one channel group each), optional norm and scaler."""
+
+    default_hidden: ClassVar[tuple[int, ...]]
     hidden: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
     scale: float = Field(1.0, gt=0)
     norm: Literal["none", "bn", "gn"] = "none"
@@ -66,10 +94,44 @@ class ModelConfig(_Section):
     scaler: bool = True
 
     @property
+    def base_hidden(self) -> list[int]:
+        return list(self.hidden if self.hidden is not None else self.default_hidden)
+
+    @property
     def hidden_sizes(self) -> list[int]:
         """Hidden sizes of the global model (hidden x scale; integrality checked at load)."""
-        base = self.hidden if self.hidden is not None else DEFAULT_HIDDEN[self.arch]
-        return [round(h * self.scale) for h in base]
+        return [round(h * self.scale) for h in self.base_hidden]
+
+    @property
+    def group_sizes(self) -> list[int]:
+        return self.hidden_sizes
+
+    def narrowed(self, num_blocks: int) -> Self:
+        return self.model_copy(update={"hidden": [n // num_blocks for n in self.hidden_sizes], "scale": 1.0})
+
+
+class MLPConfig(ChainConfig):
+    arch: Literal["mlp"] = "mlp"
+    default_hidden = (256, 256)
+
+
+class CNNConfig(ChainConfig):
+    """The HeteroFL CNN: conv3x3 blocks, a pool between blocks, then a linear classifier."""
+
+    arch: Literal["cnn"] = "cnn"
+    default_hidden = (64, 128, 256, 512)
+    needs_images = True
+
+
+def _arch_of(value: Any) -> str | None:
+    """The family tag of a [model] section; a section without `arch` is an MLP."""
+    if isinstance(value, dict):
+        return str(value.get("arch", "mlp"))
+    return getattr(value, "arch", None)
+
+
+ModelConfig = Annotated[Annotated[MLPConfig, Tag("mlp")] | Annotated[CNNConfig, Tag("cnn")], Discriminator(_arch_of)]
+MODEL_ARCHS = ("mlp", "cnn")  # the tags of ModelConfig, one per family registered in models/
 
 
 class ClientsConfig(_Section):
@@ -136,7 +198,7 @@ class ExperimentConfig(_Section):
     rounds: int = Field(20, ge=1)
     output_dir: str = "runs/experiment"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=MLPConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -171,12 +233,12 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     if c.proportions is not None and len(c.proportions) != len(c.widths):
         out.append(f"clients.proportions: {len(c.proportions)} proportions for {len(c.widths)} widths")
 
-    base = m.hidden if m.hidden is not None else DEFAULT_HIDDEN[m.arch]
+    base = m.base_hidden
     bad_scale = [h for h in base if abs(h * m.scale - round(h * m.scale)) > 1e-9 or round(h * m.scale) < 1]
     if bad_scale:
         out.append(f"model.scale: {m.scale} times hidden sizes {bad_scale} is not a positive integer")
         return out
-    sizes = m.hidden_sizes
+    sizes = m.group_sizes
 
     widths = [Fraction(w).limit_denominator(1 << 20) for w in c.widths]
     k_exact = 1 / min(widths)
@@ -204,8 +266,8 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
         if bad:
             out.append(f"model.norm_groups: {m.norm_groups} groups do not divide client channel counts {bad}")
 
-    if m.arch == "cnn" and d.dataset not in IMAGE_DATASETS:
-        out.append(f"model.arch: the CNN needs image data, {d.dataset!r} is a vector dataset (use arch = 'mlp')")
+    if m.needs_images and d.dataset not in IMAGE_DATASETS:
+        out.append(f"model.arch: {m.arch!r} needs image data, {d.dataset!r} is a vector dataset (use arch = 'mlp')")
     if d.dataset in LOCAL_FILE_DATASETS and not d.root:
         out.append(f"data.root: dataset {d.dataset!r} is read from local files; set data.root (nothing is downloaded)")
     if d.partition == "natural" and d.dataset != "synthetic":
@@ -268,10 +330,18 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = list(err["loc"])
+        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in MODEL_ARCHS:
+            del parts[1]  # the union's tag: the family's fields sit right under [model]
+        loc = ".".join(str(p) for p in parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "union_tag_not_found" and loc == "model":
+            msg = "expected a table of the model family's fields, with its arch"
+        elif err["type"] == "union_tag_invalid" and loc == "model":
+            loc, msg = "model.arch", (f"unknown model family {err['ctx']['tag']!r} "
+                                      f"(one of {', '.join(repr(a) for a in MODEL_ARCHS)})")
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "invalid config:\n  " + "\n  ".join(lines)
 

@@ -134,8 +134,9 @@ def test_build_model_from_config():
 
 
 def test_flops_per_sample():
-    assert MLP(784, [1024, 1024], 10).flops_per_sample([128, 128]) == 2 * (784 * 128 + 128 * 128 + 128 * 10)
-    assert CNN(1, [4, 8], 10).flops_per_sample([4, 8], (28, 28)) == 2 * (28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 8 * 10)
+    assert MLP(784, [1024, 1024], 10).flops_per_sample([128, 128], (784,)) == 2 * (784 * 128 + 128 * 128 + 128 * 10)
+    cnn_flops = 2 * (28 * 28 * 4 * 9 + 14 * 14 * 8 * 4 * 9 + 8 * 10)
+    assert CNN(1, [4, 8], 10).flops_per_sample([4, 8], (1, 28, 28)) == cnn_flops
 
 
 def test_group_norm_matches_torch_and_accepts_one_sample():

@@ -17,7 +17,7 @@ from dataclasses import replace
 from torch import Tensor
 
 from ..aggregation import Accumulator, AggregationResult, AggregationRule, ClientBatch, ClientUpdate, aggregate
-from ..models import Model
+from ..models import ModelFamily
 from ..models.layout import ModelLayout
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
@@ -47,7 +47,7 @@ class Engine:
         result = aggregate_stream(global_params, layout, updates, rule, backend=backend)
         return CombinedRound(replace(result, excluded={**screened, **result.excluded}), dict(train_losses))
 
-    def evaluate(self, model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
+    def evaluate(self, model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
                  batch_size: int) -> tuple[float, float]:
         return evaluate(model, params, x, y, batch_size)
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..aggregation import AggregationResult, ClientBatch, ClientUpdate
 from ..data import FederatedData
-from ..models import Model
+from ..models import ModelFamily
 from ..training import LocalTraining
 
 
@@ -18,7 +18,7 @@ from ..training import LocalTraining
 class RoundContext:
     round_idx: int
     seed: int
-    model: Model
+    model: ModelFamily
     data: FederatedData
     local: LocalTraining
     weighting: str  # "samples" or "uniform"
@@ -43,7 +43,8 @@ class RoundContext:
         if mask is None:
             return {}
         rows = mask.to(torch.float32)
-        return {"out.weight": rows.unsqueeze(1), "out.bias": rows}
+        layout = self.model.layout
+        return {name: rows.view(-1, *([1] * (len(layout.spec(name).shape) - 1))) for name in layout.classifier}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..aggregation import Accumulator, AggregationResult, AggregationRule, ClientBatch, ClientUpdate, PartialSums
-from ..models import Model
+from ..models import ModelFamily
 from ..models.layout import ModelLayout
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
@@ -104,7 +104,7 @@ class DistributedEngine(Engine):
                    for name, ps in sums.items()}
         return reduced, next(pieces).view(table.shape)
 
-    def evaluate(self, model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
+    def evaluate(self, model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
                  batch_size: int) -> tuple[float, float]:
         """Each rank scores a contiguous slice of the test set; the sums add up."""
         if self.ranks.world_size == 1:

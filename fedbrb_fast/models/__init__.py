@@ -1,29 +1,25 @@
-"""Models as (layout, init, functional forward): any client model is a gather of the global one."""
+"""Model families as (layout, init, functional forward), built by `model.arch` through the registry;
+any client model is a gather of the global one."""
 
 from __future__ import annotations
 
-import math
-
-from ..config import ExperimentConfig
+from ..config import CNNConfig, ExperimentConfig, MLPConfig
 from .cnn import CNN
-from .layout import ModelLayout, ParamSpec, extract, full_indices, gather_tensor
+from .family import ModelFamily, StackedFamily, stacked_forward_of, vmapped_forward
+from .layout import ModelLayout, ParamSpec, Role, extract, full_indices, gather_tensor
 from .mlp import MLP
+from .registry import FAMILIES, build_family, register_family, registered_archs
 
-__all__ = ["CNN", "MLP", "Model", "ModelLayout", "ParamSpec", "build_model", "extract", "full_indices", "gather_tensor"]
+__all__ = ["CNN", "FAMILIES", "MLP", "ModelFamily", "ModelLayout", "ParamSpec", "Role", "StackedFamily",
+           "build_family", "build_model", "extract", "full_indices", "gather_tensor", "register_family",
+           "registered_archs", "stacked_forward_of", "vmapped_forward"]
 
-Model = MLP | CNN
+register_family("mlp", MLPConfig, MLP.from_config)
+register_family("cnn", CNNConfig, CNN.from_config)
 
 
-def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> Model:
+def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFamily:
     """The global model of an experiment. For fedavg_small the global model itself has width
-    beta_min (docs/algorithm.md#extraction), so its hidden sizes are divided by K here."""
-    hidden = cfg.model.hidden_sizes
-    if cfg.method.name == "fedavg_small":
-        hidden = [n // cfg.num_blocks for n in hidden]
-    m = cfg.model
-    if m.arch == "mlp":
-        return MLP(math.prod(input_shape), hidden, num_classes, norm=m.norm, norm_groups=m.norm_groups,
-                   scaler=m.scaler)
-    if len(input_shape) != 3:
-        raise ValueError(f"model.arch: the CNN needs (channels, height, width) inputs, got shape {input_shape}")
-    return CNN(input_shape[0], hidden, num_classes, norm=m.norm, norm_groups=m.norm_groups, scaler=m.scaler)
+    beta_min (docs/algorithm.md#extraction), so its groups are K times narrower here."""
+    model = cfg.model.narrowed(cfg.num_blocks) if cfg.method.name == "fedavg_small" else cfg.model
+    return build_family(model, input_shape, num_classes)

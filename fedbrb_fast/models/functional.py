@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,20 +16,29 @@ def scale_activation(h: Tensor, *, beta: float, train: bool, scaler: bool) -> Te
     return h / beta if (scaler and train and beta != 1.0) else h
 
 
-def static_batch_norm(h: Tensor, weight: Tensor, bias: Tensor, *, fused: bool = False) -> Tensor:
+def static_batch_norm(h: Tensor, weight: Tensor, bias: Tensor, *, fused: bool = False,
+                      mask: Tensor | None = None) -> Tensor:
     """BatchNorm with batch statistics in training and evaluation, no running stats.
 
     Written out (instead of F.batch_norm) so a batch of one sample normalizes to the bias
     rather than raising: short last batches are allowed. `fused` uses F.batch_norm where every
     channel has more than one value: the same statistics in one kernel, rounded differently, so
     it serves evaluation only and training keeps the exact arithmetic every engine reproduces.
+    `mask` [b] (bool): the statistics come from the marked samples only (a padded batch).
     """
+    dims = [0, *range(2, h.dim())]
+    shape = [1, -1] + [1] * (h.dim() - 2)
+    if mask is not None:
+        m = mask.to(h.dtype).view(-1, *([1] * (h.dim() - 1)))
+        count = (m.sum() * math.prod(h.shape[2:])).clamp_min(1)
+        mean = (h * m).sum(dim=dims, keepdim=True) / count
+        centred = h - mean
+        var = (centred.square() * m).sum(dim=dims, keepdim=True) / count
+        return centred * (var + BN_EPS).rsqrt() * weight.view(shape) + bias.view(shape)
     if fused and h.numel() > h.shape[1]:
         return F.batch_norm(h, None, None, weight, bias, training=True, eps=BN_EPS)
-    dims = [0, *range(2, h.dim())]
     mean = h.mean(dim=dims, keepdim=True)
     var = h.var(dim=dims, unbiased=False, keepdim=True)
-    shape = [1, -1] + [1] * (h.dim() - 2)
     return (h - mean) * (var + BN_EPS).rsqrt() * weight.view(shape) + bias.view(shape)
 
 
@@ -50,11 +61,12 @@ def norm_affine(kind: str, weight: Tensor | None, bias: Tensor | None) -> tuple[
 
 
 def normalize(h: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int, *,
-              fused: bool = False) -> Tensor:
-    """`fused`: faster kernels where they round differently (evaluation; see static_batch_norm)."""
+              fused: bool = False, mask: Tensor | None = None) -> Tensor:
+    """`fused`: faster kernels where they round differently (evaluation; see static_batch_norm).
+    `mask` [b]: real samples of a padded batch (BatchNorm statistics; GroupNorm is per sample)."""
     if kind == "none":
         return h
     weight, bias = norm_affine(kind, weight, bias)
     if kind == "bn":
-        return static_batch_norm(h, weight, bias, fused=fused)
+        return static_batch_norm(h, weight, bias, fused=fused, mask=mask)
     return group_norm(h, weight, bias, groups)

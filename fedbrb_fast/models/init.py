@@ -1,4 +1,4 @@
-"""Seeded initialization of a global model from its layout."""
+"""Seeded initialization of a global model from its layout's roles."""
 
 from __future__ import annotations
 
@@ -7,21 +7,24 @@ import math
 import torch
 from torch import Tensor
 
-from .layout import ModelLayout
+from .layout import ModelLayout, ParamSpec
 
 
 def init_params(layout: ModelLayout, generator: torch.Generator) -> dict[str, Tensor]:
-    """PyTorch's default Linear/Conv init (uniform in +-1/sqrt(fan_in) for weights and biases);
-    norm scales 1 and shifts 0. Drawn in layout order from one generator, so it is reproducible."""
-    params: dict[str, Tensor] = {}
-    fan_in_of: dict[str, int] = {}
-    for spec in layout.params:
-        layer, kind = spec.name.rsplit(".", 1)
-        if layer.startswith("norm"):
-            params[spec.name] = torch.ones(spec.shape) if kind == "weight" else torch.zeros(spec.shape)
-            continue
-        if kind == "weight":
-            fan_in_of[layer] = math.prod(spec.shape[1:])
-        bound = 1.0 / math.sqrt(fan_in_of[layer])
-        params[spec.name] = (torch.rand(spec.shape, generator=generator) * 2 - 1) * bound
-    return params
+    """PyTorch's default init per role: weights and biases uniform in +-1/sqrt(fan_in) (Linear,
+    Conv), norm scales 1 and shifts 0, embeddings N(0, 1) (Embedding). Drawn in layout order from
+    one generator, so it is reproducible."""
+    return {spec.name: _init_tensor(spec, generator) for spec in layout.params}
+
+
+def _init_tensor(spec: ParamSpec, generator: torch.Generator) -> Tensor:
+    if spec.role in ("weight", "bias"):
+        assert spec.fan_in is not None  # ParamSpec requires it for these roles
+        return (torch.rand(spec.shape, generator=generator) * 2 - 1) * (1.0 / math.sqrt(spec.fan_in))
+    if spec.role == "norm_scale":
+        return torch.ones(spec.shape)
+    if spec.role == "norm_shift":
+        return torch.zeros(spec.shape)
+    if spec.role == "embedding":
+        return torch.randn(spec.shape, generator=generator)
+    raise ValueError(f"{spec.name}: no role, so no initialization (give the ParamSpec a role)")

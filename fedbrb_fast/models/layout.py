@@ -6,27 +6,43 @@ sliced axes; nothing else about the architecture is needed to extract or aggrega
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+
+# What a tensor is to the model: initialization and the engines read this, never the tensor's name.
+Role = Literal["weight", "bias", "norm_scale", "norm_shift", "embedding"]
+ROLES: tuple[Role, ...] = get_args(Role)
+FAN_IN_ROLES = ("weight", "bias")  # initialized uniformly in +-1/sqrt(fan_in)
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     """One parameter tensor: its global shape and, per axis, the channel group tied to it
-    (None: the axis is whole). Only axis 0 (out) and axis 1 (in) may be sliced."""
+    (None: the axis is whole). Only axis 0 (out) and axis 1 (in) may be sliced.
+
+    `role` and `fan_in` (the inputs of one output unit, for weights and biases) describe a model's
+    tensor; layouts built for aggregation alone (`aggregation.portable`) leave them out."""
 
     name: str
     shape: tuple[int, ...]
     axis_groups: tuple[int | None, ...]
+    role: Role | None = None
+    fan_in: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.axis_groups) != len(self.shape):
             raise ValueError(f"{self.name}: {len(self.axis_groups)} axis groups for a {len(self.shape)}-d shape")
         if any(g is not None for g in self.axis_groups[2:]):
             raise ValueError(f"{self.name}: only axes 0 and 1 may be sliced")
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"{self.name}: unknown role {self.role!r} (one of {', '.join(ROLES)})")
+        if self.role in FAN_IN_ROLES and (self.fan_in is None or self.fan_in < 1):
+            raise ValueError(f"{self.name}: a {self.role} needs its fan-in (a positive integer), got {self.fan_in}")
 
     @property
     def sliced_axes(self) -> tuple[tuple[int, int], ...]:
@@ -36,16 +52,48 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """The global model's channel groups (sizes N_g in network order) and parameter specs."""
+    """The global model's channel groups (sizes N_g in network order) and parameter specs.
+
+    `classifier`: the tensors whose axis 0 runs over the classes (the logits' layer); label
+    masking weights their rows. Empty for layouts built for aggregation alone."""
 
     group_sizes: tuple[int, ...]
     params: tuple[ParamSpec, ...]
+    classifier: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layout: tensor names repeat: {sorted({n for n in names if names.count(n) > 1})}")
         for spec in self.params:
             for axis, g in spec.sliced_axes:
                 if not 0 <= g < len(self.group_sizes) or spec.shape[axis] != self.group_sizes[g]:
                     raise ValueError(f"{spec.name}: axis {axis} does not match channel group {g}")
+        for name in self.classifier:
+            if name not in names:
+                raise ValueError(f"layout.classifier: no tensor {name!r}")
+            spec = self.spec(name)
+            if not spec.shape or spec.axis_groups[0] is not None:
+                raise ValueError(f"layout.classifier: {name}'s axis 0 must be the (unsliced) class axis")
+        if len({self.spec(n).shape[0] for n in self.classifier}) > 1:
+            raise ValueError(f"layout.classifier: tensors {list(self.classifier)} disagree on the number of classes")
+
+    @property
+    def num_classes(self) -> int:
+        if not self.classifier:
+            raise ValueError("layout: no classifier tensors named")
+        return self.spec(self.classifier[0]).shape[0]
+
+    @property
+    def adjacency(self) -> frozenset[tuple[int, int]]:
+        """Pairs (g, g') of distinct groups, g < g', that slice one tensor, one on each axis
+        (docs/algorithm.md#blocks): a pure function of the specs' axis groups."""
+        pairs = set()
+        for spec in self.params:
+            groups = [g for _, g in spec.sliced_axes]
+            if len(groups) == 2 and groups[0] != groups[1]:
+                pairs.add((min(groups), max(groups)))
+        return frozenset(pairs)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -74,15 +122,16 @@ def chain_layout(in_width: int, hidden: Sequence[int], num_classes: int, norm: s
     fan_in, prev = in_width, None
     whole = (None,) * len(kernel)
     for g, n in enumerate(hidden):
-        specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in, *kernel), (g, prev, *whole)))
-        specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,)))
+        inputs = fan_in * math.prod(kernel)
+        specs.append(ParamSpec(f"hidden{g}.weight", (n, fan_in, *kernel), (g, prev, *whole), "weight", inputs))
+        specs.append(ParamSpec(f"hidden{g}.bias", (n,), (g,), "bias", inputs))
         if norm != "none":
-            specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,)))
-            specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,)))
+            specs.append(ParamSpec(f"norm{g}.weight", (n,), (g,), "norm_scale"))
+            specs.append(ParamSpec(f"norm{g}.bias", (n,), (g,), "norm_shift"))
         fan_in, prev = n, g
-    specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev)))
-    specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
-    return ModelLayout(tuple(hidden), tuple(specs))
+    specs.append(ParamSpec("out.weight", (num_classes, fan_in), (None, prev), "weight", fan_in))
+    specs.append(ParamSpec("out.bias", (num_classes,), (None,), "bias", fan_in))
+    return ModelLayout(tuple(hidden), tuple(specs), classifier=("out.weight", "out.bias"))
 
 
 def gather_tensor(tensor: Tensor, spec: ParamSpec, indices: Sequence[Tensor]) -> Tensor:

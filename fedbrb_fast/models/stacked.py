@@ -73,13 +73,21 @@ def gather_slices(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...]) 
 StackedLinear = Callable[[Tensor, str], Tensor]
 
 
+@dataclass(frozen=True)
+class LinearLayer:
+    """A layer y = h W^T + b that a hand-written stacked forward computes through `linear(h, name)`."""
+
+    weight: str  # [out, in]
+    bias: str  # [out]
+
+
 def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """h [n, b, in] @ weight[n]^T + bias[n]: one batched GEMM for all clients."""
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
-def plain_linear(params: Mapping[str, Tensor]) -> StackedLinear:
-    return lambda h, layer: stacked_linear(h, params[f"{layer}.weight"], params[f"{layer}.bias"])
+def plain_linear(params: Mapping[str, Tensor], layers: Mapping[str, LinearLayer]) -> StackedLinear:
+    return lambda h, name: stacked_linear(h, params[layers[name].weight], params[layers[name].bias])
 
 
 def _mask_like(mask: Tensor, h: Tensor) -> Tensor:

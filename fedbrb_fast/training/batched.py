@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models import Model
+from ..models import ModelFamily, stacked_forward_of, vmapped_forward
 from ..models.factored import FactoredStack
-from ..models.stacked import SliceSet, stacked_linear
+from ..models.stacked import LinearLayer, SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
@@ -95,14 +95,14 @@ def build_schedule(client_rows: Sequence[Tensor], batch_size: int, epochs: int, 
                         positions=positions, samples=samples, counts=counts)
 
 
-def fused_linear_layers(model: Model) -> list[str]:
-    """Layers whose weight update is fused (2-d weight [out, in] with a bias)."""
-    names = set(model.layout.names)
-    return [n.removesuffix(".weight") for n in model.layout.names
-            if n.endswith(".weight") and len(model.layout.spec(n).shape) == 2 and n.replace("weight", "bias") in names]
+def fused_linear_layers(model: ModelFamily) -> dict[str, LinearLayer]:
+    """Layers whose weight update is fused: the linear layers a hand-written stacked forward
+    declares (a family without one trains every tensor through autograd)."""
+    stacked = stacked_forward_of(model)
+    return dict(stacked.stacked_linears) if stacked is not None else {}
 
 
-def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
+def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
                   schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
                   linear_backend: str = "torch",
                   factored: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
@@ -116,31 +116,35 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
     weights never written out; aggregation sums the factors) instead of dense weights.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
-    autograd leaves) instead of the fused / implicit torch path."""
+    autograd leaves) instead of the fused / implicit torch path.
+
+    A family without a hand-written `forward_stacked` runs its functional forward vmapped over
+    the clients (`vmapped_forward`), every tensor trained through autograd and fused SGD."""
     device = x_all.device
     rows_all, mask_all, pos_all = (t.to(device) for t in (schedule.rows, schedule.mask, schedule.positions))
-    layers = fused_linear_layers(model) if linear_backend == "torch" else []
-    grouped = _GroupedLinear() if linear_backend == "triton" else None
-    fused = {f"{layer}.weight" for layer in layers} | {f"{layer}.bias" for layer in layers}
+    stacked = stacked_forward_of(model)
+    layers = fused_linear_layers(model) if linear_backend == "torch" else {}
+    grouped = _GroupedLinear() if linear_backend == "triton" and stacked is not None else None
+    fused = {t for layer in layers.values() for t in (layer.weight, layer.bias)}
     steps, batch = len(schedule.active), schedule.rows.shape[2]
-    span_layer = model.input_layer if model.input_layer in layers else None
-    if span_layer is not None and not use_data_span(model.layout.spec(f"{span_layer}.weight").shape[1],
+    span_layer = stacked.input_layer if stacked is not None and stacked.input_layer in layers else None
+    if span_layer is not None and not use_data_span(model.layout.spec(layers[span_layer].weight).shape[1],
                                                     schedule.samples.shape[1]):
         span_layer = None
-    span = _data_span(params[f"{span_layer}.weight"], x_all, schedule) if span_layer else None
-    starts = {layer: _slice_set(params[f"{layer}.weight"]) for layer in layers if layer != span_layer}
-    implicit = {layer: ImplicitLinearWeight(w0.to(device), steps, batch) for layer, w0 in starts.items()
+    span_weight = layers[span_layer].weight if span_layer else None
+    span = _data_span(params[span_weight], x_all, schedule) if span_weight else None
+    starts = {name: _slice_set(params[layer.weight]) for name, layer in layers.items() if name != span_layer}
+    implicit = {name: ImplicitLinearWeight(w0.to(device), steps, batch) for name, w0 in starts.items()
                 if use_implicit(w0.unique.shape[1], w0.unique.shape[2], steps, batch, shared=shares_slices(w0))}
     # Only explicitly trained tensors get per-client copies.
-    kept_out = {f"{layer}.weight" for layer in [*implicit, *([span_layer] if span_layer else [])]}
+    kept_out = {layers[name].weight for name in [*implicit, *([span_layer] if span_layer else [])]}
     theta = {k: (v.stacked() if isinstance(v, SliceSet) else v).to(device).detach() for k, v in params.items()
              if k not in kept_out}
     n = next(iter(theta.values())).shape[0]
     # Filled at each client's first step (is_first_step), so never zeroed.
-    momentum = ({k: torch.empty_like(v) for k, v in theta.items() if k.removesuffix(".weight") not in implicit}
-                if hp.momentum else {})
-    weight_grads = {layer: torch.empty_like(theta[f"{layer}.weight"]) for layer in layers
-                    if layer not in implicit and layer != span_layer} if hp.momentum else {}
+    momentum = {k: torch.empty_like(v) for k, v in theta.items()} if hp.momentum else {}
+    weight_grads = {name: torch.empty_like(theta[layer.weight]) for name, layer in layers.items()
+                    if name not in implicit and name != span_layer} if hp.momentum else {}
     loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
     for s, k in enumerate(schedule.active):
         mask, rows, pos = mask_all[s, :k], rows_all[s, :k], pos_all[s, :k]
@@ -151,25 +155,30 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
             leaves[name].requires_grad_(True)
         records: dict[str, tuple[Tensor, Tensor]] = {}
 
-        def linear(h: Tensor, layer: str, leaves: dict[str, Tensor] = leaves, pos: Tensor = pos,
+        def linear(h: Tensor, name: str, leaves: dict[str, Tensor] = leaves, pos: Tensor = pos,
                    records: dict[str, tuple[Tensor, Tensor]] = records) -> Tensor:
-            if span is not None and layer == span_layer:
-                y = span.forward(pos, leaves[f"{layer}.bias"])
-            elif layer in implicit:
-                y = implicit[layer].forward(h, leaves[f"{layer}.bias"])
+            layer = layers[name] if name in layers else _declared(model, name)
+            bias = leaves[layer.bias]
+            if span is not None and name == span_layer:
+                y = span.forward(pos, bias)
+            elif name in implicit:
+                y = implicit[name].forward(h, bias)
             elif grouped is not None:
-                return grouped(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
+                return grouped(h, leaves[layer.weight], bias)
             else:
-                y = stacked_linear(h, leaves[f"{layer}.weight"], leaves[f"{layer}.bias"])
+                y = stacked_linear(h, leaves[layer.weight], bias)
             if not y.requires_grad:
                 y.requires_grad_(True)
-            records[layer] = (h.detach(), y)
+            records[name] = (h.detach(), y)
             return y
 
-        # The input layer in data-span form reads its inputs from P and K: the MLP passes x
-        # only to it (x.flatten(2)), so no rows are gathered.
+        # The input layer in data-span form reads its inputs from P and K: the family passes x
+        # only to it (input_layer), so no rows are gathered.
         x = x_all.new_empty(k, batch, 0) if span is not None else take_rows(x_all, rows)
-        logits = model.forward_stacked(leaves, x, mask, beta=beta, train=True, linear=linear)
+        if stacked is not None:
+            logits = stacked.forward_stacked(leaves, x, mask, beta=beta, train=True, linear=linear)
+        else:
+            logits = vmapped_forward(model, leaves, x, mask, beta=beta, train=True)
         if label_mask is not None:
             logits = logits.masked_fill(~label_mask[:k].unsqueeze(1), float("-inf"))
         labels = take_rows(y_all, rows).flatten()
@@ -190,27 +199,27 @@ def train_stacked(model: Model, params: Mapping[str, Tensor | SliceSet], x_all: 
             update = _SGDStep(momentum, k)
             for name, g in g_other.items():
                 update.add(name, leaves[name], g)
-            for layer in layers:
-                h, _ = records[layer]
-                dy = d_out[layer]
-                update.add(f"{layer}.bias", leaves[f"{layer}.bias"], dy.sum(dim=1))
-                if span is not None and layer == span_layer:
+            for name, layer in layers.items():
+                h, _ = records[name]
+                dy = d_out[name]
+                update.add(layer.bias, leaves[layer.bias], dy.sum(dim=1))
+                if span is not None and name == span_layer:
                     span.step(pos, dy, hp)
-                elif layer in implicit:
-                    implicit[layer].step(h, dy, hp)
+                elif name in implicit:
+                    implicit[name].step(h, dy, hp)
                 elif hp.momentum:  # the gradient goes to one buffer per layer, reused every step
-                    grad = torch.bmm(dy.transpose(1, 2), h, out=weight_grads[layer][:k])
-                    update.add(f"{layer}.weight", leaves[f"{layer}.weight"], grad)
+                    grad = torch.bmm(dy.transpose(1, 2), h, out=weight_grads[name][:k])
+                    update.add(layer.weight, leaves[layer.weight], grad)
                 else:  # the gradient's GEMM writes straight into the weight
-                    leaves[f"{layer}.weight"].baddbmm_(dy.transpose(1, 2), h, beta=1.0 - hp.lr * hp.weight_decay,
-                                                       alpha=-hp.lr)
+                    leaves[layer.weight].baddbmm_(dy.transpose(1, 2), h, beta=1.0 - hp.lr * hp.weight_decay,
+                                                  alpha=-hp.lr)
             update.apply(hp, first=s == 0)
         loss_sum[:k] += per_client.detach().to(torch.float64)
     trained: dict[str, Tensor | FactoredStack] = {name: theta[name] for name in params if name in theta}
-    for layer, weight in implicit.items():
-        trained[f"{layer}.weight"] = weight.factored() if factored else weight.materialize()
-    if span is not None:
-        trained[f"{span_layer}.weight"] = span.factored() if factored else span.materialize()
+    for name, weight in implicit.items():
+        trained[layers[name].weight] = weight.factored() if factored else weight.materialize()
+    if span is not None and span_weight is not None:
+        trained[span_weight] = span.factored() if factored else span.materialize()
     steps_done = _steps_per_client(schedule.active, n).to(device)
     trained = {name: trained[name] for name in params}
     return trained, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
@@ -240,6 +249,14 @@ class _SGDStep:
             torch._fused_sgd_(self.params, self.grads, self.bufs, weight_decay=hp.weight_decay,
                               momentum=hp.momentum, lr=hp.lr, dampening=0.0, nesterov=False, maximize=False,
                               is_first_step=first)
+
+
+def _declared(model: ModelFamily, name: str) -> LinearLayer:
+    """A linear layer of the family's stacked forward (the Triton path takes them all, fused or not)."""
+    stacked = stacked_forward_of(model)
+    if stacked is None or name not in stacked.stacked_linears:
+        raise KeyError(f"{model.arch}: forward_stacked computed a linear layer {name!r} it does not declare")
+    return stacked.stacked_linears[name]
 
 
 def _data_span(w0: Tensor | SliceSet, x_all: Tensor, schedule: StepSchedule) -> DataSpanLinearWeight:

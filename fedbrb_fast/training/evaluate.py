@@ -8,22 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models import Model
+from ..models import ModelFamily
 
 
 @torch.no_grad()
-def evaluate(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
+             batch_size: int) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over fixed, in-order batches; static BatchNorm uses each
     batch's statistics, so the batch size is part of the evaluation protocol."""
     correct, loss_sum = evaluation_sums(model, params, x, y, batch_size, range(len(y)))
     return correct / len(y), loss_sum / len(y)
 
 
-def evaluation_shard(model: Model, num_samples: int, batch_size: int, rank: int, world_size: int) -> range:
+def evaluation_shard(model: ModelFamily, num_samples: int, batch_size: int, rank: int, world_size: int) -> range:
     """The test samples rank `rank` of `world_size` scores; the shards' sums add up to the whole
     set's. Samples are independent except under static BatchNorm, whose batches are the protocol:
     then each rank takes whole batches (a test set of one batch is not split)."""
-    if model.norm != "bn":
+    if not model.batch_coupled:
         return range(rank * num_samples // world_size, (rank + 1) * num_samples // world_size)
     batches = -(-num_samples // batch_size)
     lo, hi = rank * batches // world_size, (rank + 1) * batches // world_size
@@ -31,7 +32,7 @@ def evaluation_shard(model: Model, num_samples: int, batch_size: int, rank: int,
 
 
 @torch.no_grad()
-def evaluation_sums(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int,
+def evaluation_sums(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int,
                     samples: range) -> tuple[int, float]:
     """(correct predictions, summed cross-entropy) over the test samples in `samples`, in batches
     of `batch_size` from its start."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import TrainConfig
-from ..models import Model
+from ..models import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def masked_logits(logits: Tensor, label_mask: Tensor | None) -> Tensor:
     return logits if label_mask is None else logits.masked_fill(~label_mask, float("-inf"))
 
 
-def train_client(model: Model, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, beta: float,
+def train_client(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, beta: float,
                  hp: LocalTraining, generator: torch.Generator, label_mask: Tensor | None = None) -> LocalResult:
     """SGD with momentum and weight decay (torch.optim.SGD semantics, fresh state), optional
     gradient clipping by the client's global norm; returns the trained sub-tensors."""

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
-from ...models import Model
+from ...models import ModelFamily
 from ...seeding import STREAM_TRAIN, torch_generator
 from ...training import LocalTraining, evaluate, train_client
 from .node_numbering import client_id_reply
@@ -18,9 +18,9 @@ from .records import PlanRecord, array_record, config_int, decode_arrays, single
 DataFn = Callable[[Context], tuple[Tensor, Tensor]]
 
 
-def make_client_app(model: Model, load_data: DataFn, *, local: LocalTraining, load_eval_data: DataFn | None = None,
-                    seed: int = 0, eval_batch_size: int = 1000, arrayrecord_key: str = "arrays",
-                    configrecord_key: str = "config") -> ClientApp:
+def make_client_app(model: ModelFamily, load_data: DataFn, *, local: LocalTraining,
+                    load_eval_data: DataFn | None = None, seed: int = 0, eval_batch_size: int = 1000,
+                    arrayrecord_key: str = "arrays", configrecord_key: str = "config") -> ClientApp:
     """`model`: the global architecture (the same one the strategy's layout comes from).
     `load_data(context) -> (x, y)`: the node's training data. `local`: default hyper-parameters;
     the round's ConfigRecord may override them with "lr", "local-epochs", "batch-size",

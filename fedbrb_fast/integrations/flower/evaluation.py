@@ -7,11 +7,11 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, MetricRecord
 from torch import Tensor
 
-from ...models import Model
+from ...models import ModelFamily
 from ...training import evaluate
 
 
-def global_evaluate_fn(model: Model, x_test: Tensor, y_test: Tensor,
+def global_evaluate_fn(model: ModelFamily, x_test: Tensor, y_test: Tensor,
                        batch_size: int = 1000) -> Callable[[int, ArrayRecord], MetricRecord]:
     """For `Strategy.start(evaluate_fn=...)`: accuracy and loss of the global model on a test set."""
 

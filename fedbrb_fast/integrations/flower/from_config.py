@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ...config import ExperimentConfig
 from ...data import FederatedData
-from ...models import Model
+from ...models import ModelFamily
 from ...plans import assign_widths
 from ...schedules import lam_at, lr_at
 from ...training import LocalTraining
@@ -59,12 +59,12 @@ class RoundConfig:
         return training_config(LocalTraining.of(t, lr))
 
 
-def client_app_from_config(cfg: ExperimentConfig, model: Model) -> ClientApp:
+def client_app_from_config(cfg: ExperimentConfig, model: ModelFamily) -> ClientApp:
     return make_client_app(model, ConfigPartitions(cfg), local=LocalTraining.of(cfg.train, cfg.train.lr),
                            seed=cfg.seed, eval_batch_size=cfg.eval.batch_size)
 
 
-def strategy_from_config(cfg: ExperimentConfig, model: Model, **kwargs: Any) -> SubModelStrategy:
+def strategy_from_config(cfg: ExperimentConfig, model: ModelFamily, **kwargs: Any) -> SubModelStrategy:
     """The config's method as a Flower strategy that runs the simulation's rounds: node k (by
     its reported partition-id) is client k, with the same widths, `per_round` sampling, plans,
     lam and learning-rate schedules and local training. Keyword arguments override."""
