@@ -7,13 +7,14 @@
                                                                        # remeasure one entry in place
 
 Cases and contenders: bench/engine_cases.py (real MNIST-5k and Synthetic data; fedbrb, fedrolex,
-heterofl). Every table entry runs in a fresh process holding all three contenders, timed
-interleaved (plain, reference, batched, plain, ...) for `--repeats` rounds after one warm-up
-each; best and median are reported, ratios use the best. The plain loop and the reference engine
-are timed on at most `--max-timed` clients and scaled linearly to the round's count (their cost is
-a sum over clients). Around every entry the same-run matmul peak and copy bandwidth are measured;
-an entry where either moved by more than 15% is marked noisy, and a run with a noisy entry is not
-a result (rerun it on a quieter machine).
+heterofl; `--contenders ...,vmapped` adds the batched engine on the functional forward alone, the
+path of a family without a hand-written stacked forward). Every table entry runs in a fresh
+process holding all contenders, timed interleaved (plain, reference, batched, plain, ...) for
+`--repeats` rounds after one warm-up each; best and median are reported, ratios use the best. The
+plain loop and the reference engine are timed on at most `--max-timed` clients and scaled linearly
+to the round's count (their cost is a sum over clients). Around every entry the same-run matmul
+peak and copy bandwidth are measured; an entry where either moved by more than 15% is marked
+noisy, and a run with a noisy entry is not a result (rerun it on a quieter machine).
 
 Scaling curve (MLP case, fedrolex): 10, 100, 1,000, 10,000 clients per round, each point in a fresh
 process: seconds per round, client-updates/s, the process's peak RSS over one batched round
@@ -65,7 +66,8 @@ def measure_entry(case_name: str, clients: int, methods: list[str], contenders: 
     rows = []
     for method in methods:
         before = measure_speed()
-        timed = {name: min(clients, max_timed) if name != "batched" else clients for name in contenders}
+        timed = {name: min(clients, max_timed) if name not in ("batched", "vmapped") else clients
+                 for name in contenders}
         runs = {name: contender(name, case, method, range(timed[name]), max_clients_per_step=max_clients_per_step)
                 for name in contenders}
         times = interleaved(runs, repeats)
@@ -74,7 +76,8 @@ def measure_entry(case_name: str, clients: int, methods: list[str], contenders: 
                                "noise": check.as_dict(),
                                "contenders": {n: timing_row(n, times[n], timed[n], clients) for n in contenders}}
         c = row["contenders"]
-        for a, b in (("batched", "plain"), ("batched", "reference"), ("reference", "plain")):
+        for a, b in (("batched", "plain"), ("batched", "reference"), ("reference", "plain"),
+                     ("batched", "vmapped")):
             if a in c and b in c:
                 row[f"{a}_vs_{b}"] = c[b]["best_s"] / c[a]["best_s"]
         if "batched" in c:
@@ -131,7 +134,7 @@ def in_fresh_process(fn: Any, *args: Any) -> Any:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'case':9} {'clients':>7} {'method':8} {'plain s':>8} {'ref s':>8} {'batched s':>9} {'vs plain':>8} "
-          f"{'vs ref':>7} {'train of peak':>13} {'drift':>6}")
+          f"{'vs ref':>7} {'vs vmap':>7} {'train of peak':>13} {'drift':>6}")
     for r in rows:
         c = r["contenders"]
 
@@ -140,10 +143,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
         ratio = f"{r['batched_vs_plain']:.1f}x" if "batched_vs_plain" in r else "-"
         vs_ref = f"{r['batched_vs_reference']:.1f}x" if "batched_vs_reference" in r else "-"
+        vs_vmap = f"{r['batched_vs_vmapped']:.1f}x" if "batched_vs_vmapped" in r else "-"
         peak = f"{100 * r['batched_train_of_peak']:.0f}%" if r.get("batched_train_of_peak") else "-"
         flag = " NOISY" if r["noise"]["noisy"] else ""
         print(f"{r['case']:9} {r['clients']:7d} {r['method']:8} {best('plain'):>8} {best('reference'):>8} "
-              f"{best('batched'):>9} {ratio:>8} {vs_ref:>7} {peak:>13} {100 * r['noise']['drift']:5.0f}%{flag}")
+              f"{best('batched'):>9} {ratio:>8} {vs_ref:>7} {vs_vmap:>7} {peak:>13} "
+              f"{100 * r['noise']['drift']:5.0f}%{flag}")
 
 
 def print_scaling(points: list[dict[str, Any]]) -> None:
@@ -180,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, help="write the results as JSON here (atomically)")
     ap.add_argument("--table", default=TABLE, help="case:clients entries, comma-separated ('' for none)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default="plain,reference,batched",
+                    help=f"of {', '.join(CONTENDERS)} (vmapped: the batched engine without the stacked forward)")
     ap.add_argument("--scaling", default=SCALING, help="clients per round of the MLP scaling curve")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from plain_loop import plain_round
@@ -30,14 +30,16 @@ from fedbrb_fast.aggregation import AggregationRule, rule_for_method
 from fedbrb_fast.data import FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
 from fedbrb_fast.engines.base import aggregate_stream
-from fedbrb_fast.models import CNN, MLP
+from fedbrb_fast.models import CNN, MLP, FunctionalView
 from fedbrb_fast.plans import ClientPlan, make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
 
 CASES = ("mlp", "cnn", "synthetic")
 METHODS = ("fedbrb", "fedrolex", "heterofl")
-CONTENDERS = ("plain", "reference", "batched")
+# vmapped: the batched engine on the functional forward alone (models.FunctionalView), the path a
+# family without a hand-written stacked forward takes.
+CONTENDERS = ("plain", "reference", "batched", "vmapped")
 SAMPLES_PER_CLIENT = 40  # MNIST-5k: 4,000 training digits over 100 clients
 ROUND = 1  # FedRolex's window starts at channel 1, FedBRB's roll counters at M
 LAM = 0.5
@@ -126,9 +128,11 @@ def contender(name: str, case: EngineCase, method: str, clients: Sequence[int], 
             plain_round(case.model, case.params, case.data, plans, case.hp, rule, seed=SEED, round_idx=ROUND)
             return {}
         return run_plain
-    if name not in ("reference", "batched"):
+    if name not in ("reference", "batched", "vmapped"):
         raise ValueError(f"unknown contender {name!r}; expected one of {CONTENDERS}")
     engine = ReferenceEngine() if name == "reference" else BatchedEngine(max_clients_per_step)
+    if name == "vmapped":
+        ctx = replace(ctx, model=FunctionalView(case.model))
 
     def run_engine() -> dict[str, float]:
         """As the simulation runs a round: chunks trained as aggregation asks for them."""

@@ -4,44 +4,21 @@ aggregation and over rounds (float64 at 1e-9, as tests/test_engine_batched.py ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 
 import pytest
 import torch
 from test_engine_batched import SIZES, assert_same_clients, make_data
 from tiny_family import TinyNet
-from torch import Tensor
 
 from fedbrb_fast.aggregation import aggregate, rule_for_method
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, simulation
-from fedbrb_fast.models import CNN, MLP, ModelFamily, ModelLayout, stacked_forward_of
+from fedbrb_fast.models import CNN, MLP, FunctionalView, ModelFamily, ModelLayout, stacked_forward_of
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
-
-
-class FunctionalOnly:
-    """A family's model without its hand-written stacked forward: what the generic path sees."""
-
-    def __init__(self, model: MLP | CNN) -> None:
-        self.inner = model
-        self.arch, self.layout = model.arch, model.layout
-
-    @property
-    def batch_coupled(self) -> bool:
-        return self.inner.batch_coupled
-
-    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
-        return self.inner.init(generator)
-
-    def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
-                mask: Tensor | None = None) -> Tensor:
-        return self.inner.forward(params, x, beta=beta, train=train, mask=mask)
-
-    def flops_per_sample(self, widths: Sequence[int], input_shape: tuple[int, ...]) -> int:
-        return self.inner.flops_per_sample(widths, input_shape)
 
 
 @pytest.fixture
@@ -56,10 +33,10 @@ def case(name: str) -> tuple[ModelFamily, FederatedData]:
     if name == "tiny":
         return TinyNet(12, [8, 12], 5), make_data((12,))
     if name == "mlp_bn":
-        return FunctionalOnly(MLP(12, [8, 16], 5, norm="bn", norm_groups=2)), make_data((12,))
+        return FunctionalView(MLP(12, [8, 16], 5, norm="bn", norm_groups=2)), make_data((12,))
     if name == "mlp_gn":
-        return FunctionalOnly(MLP(12, [8, 16], 5, norm="gn", norm_groups=2)), make_data((12,))
-    return FunctionalOnly(CNN(2, [8, 16, 8], 5, norm="bn", norm_groups=2)), make_data((2, 9, 9))
+        return FunctionalView(MLP(12, [8, 16], 5, norm="gn", norm_groups=2)), make_data((12,))
+    return FunctionalView(CNN(2, [8, 16, 8], 5, norm="bn", norm_groups=2)), make_data((2, 9, 9))
 
 
 # Seconds each on this machine (vmap's first calls), so test-fast keeps one case.

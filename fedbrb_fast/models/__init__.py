@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from ..config import CNNConfig, ExperimentConfig, MLPConfig
 from .cnn import CNN
-from .family import ModelFamily, StackedFamily, stacked_forward_of, vmapped_forward
+from .family import (
+    FunctionalView,
+    ModelFamily,
+    StackedFamily,
+    stacked_forward_of,
+    vmapped_forward,
+)
 from .layout import ModelLayout, ParamSpec, Role, extract, full_indices, gather_tensor
 from .mlp import MLP
 from .registry import FAMILIES, build_family, register_family, registered_archs
 
-__all__ = ["CNN", "FAMILIES", "MLP", "ModelFamily", "ModelLayout", "ParamSpec", "Role", "StackedFamily",
-           "build_family", "build_model", "extract", "full_indices", "gather_tensor", "register_family",
-           "registered_archs", "stacked_forward_of", "vmapped_forward"]
+__all__ = ["CNN", "FAMILIES", "MLP", "FunctionalView", "ModelFamily", "ModelLayout", "ParamSpec", "Role",
+           "StackedFamily", "build_family", "build_model", "extract", "full_indices", "gather_tensor",
+           "register_family", "registered_archs", "stacked_forward_of", "vmapped_forward"]
 
 register_family("mlp", MLPConfig, MLP.from_config)
 register_family("cnn", CNNConfig, CNN.from_config)

@@ -67,3 +67,26 @@ def vmapped_forward(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor,
 
     out: Tensor = torch.func.vmap(one_client)(dict(params), x, mask)
     return out
+
+
+class FunctionalView:
+    """A model seen through its functional forward alone (no hand-written stacked forward), so the
+    batched engine takes its generic vmapped path: what benchmarks and tests compare it with."""
+
+    def __init__(self, model: ModelFamily) -> None:
+        self.model = model
+        self.arch, self.layout = model.arch, model.layout
+
+    @property
+    def batch_coupled(self) -> bool:
+        return self.model.batch_coupled
+
+    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.model.init(generator)
+
+    def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
+                mask: Tensor | None = None) -> Tensor:
+        return self.model.forward(params, x, beta=beta, train=train, mask=mask)
+
+    def flops_per_sample(self, widths: Sequence[int], input_shape: tuple[int, ...]) -> int:
+        return self.model.flops_per_sample(widths, input_shape)
