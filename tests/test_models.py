@@ -120,6 +120,43 @@ def test_layout_axis_groups():
         ParamSpec("w", (2, 2, 2), (None, None, 0))
 
 
+def test_layout_roles_classifier_and_adjacency():
+    layout = CNN(3, [8, 16, 4], 10, norm="bn").layout
+    assert [layout.spec(n).role for n in ("hidden1.weight", "hidden1.bias", "norm1.weight", "norm1.bias")] == [
+        "weight", "bias", "norm_scale", "norm_shift"]
+    assert layout.spec("hidden1.weight").fan_in == 8 * 9 and layout.spec("out.bias").fan_in == 4
+    assert layout.classifier == ("out.weight", "out.bias") and layout.num_classes == 10
+    assert layout.adjacency == {(0, 1), (1, 2)}  # a chain: consecutive groups only
+    # A stream (group 0) read by two branches and one tensor on the same group twice (not adjacent).
+    branchy = ModelLayout((4, 6, 8), (ParamSpec("a", (6, 4), (1, 0)), ParamSpec("b", (4, 8), (0, 2)),
+                                      ParamSpec("c", (8, 8), (2, 2)), ParamSpec("d", (6,), (1,))))
+    assert branchy.adjacency == {(0, 1), (0, 2)}
+    with pytest.raises(ValueError, match="no classifier"):
+        _ = branchy.num_classes
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ParamSpec("w", (4, 3), (0, None), "weight"), "w: a weight needs its fan-in"),
+    (lambda: ParamSpec("b", (4,), (0,), "bias", fan_in=0), "b: a bias needs its fan-in"),
+    (lambda: ParamSpec("w", (4, 3), (0, None), "kernel", fan_in=3), "w: unknown role 'kernel'"),  # type: ignore
+    (lambda: ModelLayout((4,), (ParamSpec("w", (4,), (0,)), ParamSpec("w", (4,), (0,)))), "names repeat: \\['w'\\]"),
+    (lambda: ModelLayout((4,), (ParamSpec("w", (4,), (0,)),), classifier=("head",)), "no tensor 'head'"),
+    (lambda: ModelLayout((4,), (ParamSpec("w", (4, 2), (0, None)),), classifier=("w",)), "class axis"),
+    (lambda: ModelLayout((4,), (ParamSpec("w", (3, 4), (None, 0)), ParamSpec("b", (2,), (None,))),
+                         classifier=("w", "b")), "disagree on the number of classes"),
+])
+def test_bad_specs_and_layouts_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_init_needs_a_role():
+    from fedbrb_fast.models.init import init_params
+
+    with pytest.raises(ValueError, match="w: no role"):
+        init_params(ModelLayout((4,), (ParamSpec("w", (4,), (0,)),)), torch.Generator())
+
+
 def test_build_model_from_config():
     cfg = config_from_dict({"model": {"arch": "cnn", "hidden": [64, 128], "scale": 0.5, "norm": "bn"},
                             "clients": {"widths": ["1/8"]}})
