@@ -131,7 +131,8 @@ def _arch_of(value: Any) -> str | None:
 
 
 ModelConfig = Annotated[Annotated[MLPConfig, Tag("mlp")] | Annotated[CNNConfig, Tag("cnn")], Discriminator(_arch_of)]
-MODEL_ARCHS = ("mlp", "cnn")  # the tags of ModelConfig, one per family registered in models/
+MODEL_CONFIGS: tuple[type[FamilyConfig], ...] = (MLPConfig, CNNConfig)  # the members of ModelConfig
+MODEL_ARCHS = tuple(str(c.model_fields["arch"].default) for c in MODEL_CONFIGS)  # one per family in models/
 
 
 class ClientsConfig(_Section):
@@ -342,6 +343,9 @@ def format_validation_error(exc: ValidationError) -> str:
         elif err["type"] == "union_tag_invalid" and loc == "model":
             loc, msg = "model.arch", (f"unknown model family {err['ctx']['tag']!r} "
                                       f"(one of {', '.join(repr(a) for a in MODEL_ARCHS)})")
+            # No family to check the section against: keys that no family has are still named.
+            family_fields = {f for c in MODEL_CONFIGS for f in c.model_fields}
+            lines += [f"model.{key}: unknown key" for key in err["input"] if key not in family_fields]
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "invalid config:\n  " + "\n  ".join(lines)
 

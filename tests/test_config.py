@@ -73,6 +73,7 @@ def error_of(raw=None, overrides=()):
     (["model.arch=cnn", "data.dataset=mnist1d"], "model.arch", "image data"),
     (["model.arch=resnet"], "model.arch", "unknown model family 'resnet' (one of 'mlp', 'cnn')"),
     (["model.arch=cnn", "model.bogus=1"], "model.bogus", "unknown key"),
+    (["model.arch=resnet", "model.bogus=1"], "model.bogus", "unknown key"),
     (["model=3"], "model", "model family's fields"),
     (["model.arch=cnn", "model.hidden=[32, 20]", "clients.widths=['1/8']"], "model.hidden",
      "20 (group 1) is not divisible by K = 8"),

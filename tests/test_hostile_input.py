@@ -4,6 +4,8 @@ result, and no state changed."""
 import math
 import re
 import tomllib
+import typing
+from typing import Any
 
 import pytest
 import torch
@@ -42,15 +44,19 @@ def config_dicts(draw):
     return raw
 
 
+def section_types(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes of a field's type: one, or every member of a union ([model])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for arg in typing.get_args(annotation) for t in section_types(arg)]
+
+
 def config_fields() -> set[str]:
-    """Every settable field: 'rounds', 'train.lr', ..."""
+    """Every settable field: 'rounds', 'train.lr', ... ([model]: the fields of every family)"""
     out = set()
     for name, info in ExperimentConfig.model_fields.items():
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            out |= {f"{name}.{field}" for field in section.model_fields}
-        else:
-            out.add(name)
+        sections = section_types(info.annotation)
+        out |= {f"{name}.{field}" for section in sections for field in section.model_fields} if sections else {name}
     return out
 
 
