@@ -40,7 +40,8 @@ def layouts() -> dict[str, ModelLayout]:
 
 def clique_layout(groups: int, n: int = 8) -> ModelLayout:
     """A weight between every pair of groups: the adjacency graph is the complete graph."""
-    specs = [ParamSpec(f"w{a}_{b}.weight", (n, n), (b, a)) for a in range(groups) for b in range(a + 1, groups)]
+    specs = [ParamSpec(f"w{a}_{b}.weight", (n, n), (b, a), "weight", fan_in=n)
+             for a in range(groups) for b in range(a + 1, groups)]
     return ModelLayout((n,) * groups, tuple(specs))
 
 

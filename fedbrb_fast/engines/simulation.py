@@ -78,9 +78,9 @@ class Simulation:
         self.cfg = cfg
         self.data = data if data is not None else build_federated_data(cfg)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes)
-        self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
-        # FedBRB's shear from the layout's adjacency: a layout it cannot roll is refused before any round.
+        # FedBRB's shear from the layout's adjacency: a layout it cannot roll is refused before any work.
         self.shear = shear_coefficients(self.model.layout) if cfg.method.name == "fedbrb" else None
+        self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
         self.client_widths = assign_widths(
             cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed
         )

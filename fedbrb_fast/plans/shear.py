@@ -17,13 +17,7 @@ COLOURS: tuple[Shear, ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
 
 def group_adjacency(layout: ModelLayout) -> set[tuple[int, int]]:
     """Pairs (g, g') with g < g' of different groups that slice one tensor, one on each axis."""
-    pairs = set()
-    for spec in layout.params:
-        groups = {g for _, g in spec.sliced_axes}
-        if len(groups) == 2:
-            a, b = sorted(groups)
-            pairs.add((a, b))
-    return pairs
+    return set(layout.adjacency)
 
 
 def diagonal_only_tensors(layout: ModelLayout) -> dict[str, int]:
