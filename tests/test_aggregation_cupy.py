@@ -110,6 +110,7 @@ def test_backend_cupy_without_a_gpu_says_why(monkeypatch):
     assert reason is not None and reason.startswith("compiling the csrc/ kernels with NVRTC (CuPy) failed")
 
 
+@pytest.mark.slow  # over 1 s: runs in make test, not make test-fast
 def test_the_kernels_compile_with_nvrtc_for_sm90():
     pytest.importorskip("cupy", reason="the cupy extra is not installed")
     from fedbrb_fast.aggregation.backends.cupy_kernels import compile_for_arch, instance_names

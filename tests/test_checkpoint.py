@@ -88,6 +88,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, cr
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # over 1 s: runs in make test, not make test-fast
 def test_resume_refuses_another_config(tmp_path, tiny_cfg_dict):
     run_experiment(config_from_dict(cfg_dict(tiny_cfg_dict, tmp_path / "r", rounds=2)))
     cfg_file = tmp_path / "r" / "config.toml"

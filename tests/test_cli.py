@@ -29,6 +29,7 @@ def test_run_writes_config_metrics_and_summary(tmp_path, tiny_cfg_dict):
     assert "rounds = 3" in (out / "config.toml").read_text() and "final accuracy" in res.output
 
 
+@pytest.mark.slow  # over 1 s: runs in make test, not make test-fast
 def test_compare_writes_table_plot_and_runs(tmp_path, tiny_cfg_dict):
     f = write_cfg(tmp_path, tiny_cfg_dict)
     res = runner.invoke(app, ["compare", str(f), "--methods", "fedbrb,heterofl,fedavg_small"])

@@ -81,6 +81,7 @@ def test_checks(monkeypatch):
     return specs
 
 
+@pytest.mark.slow  # over 1 s: runs in make test, not make test-fast
 def test_each_check_fails_alone_and_the_run_goes_on(tmp_path, test_checks, capsys):
     status = driver.main(["--dry-run", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
                           "--budget-s", "60"])

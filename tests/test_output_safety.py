@@ -173,6 +173,7 @@ def test_an_empty_folder_or_one_that_collects_runs_is_fine(tmp_path, tiny_cfg_di
     assert tree_digest(parent / "old-run") == before and (parent / "summary.json").is_file()
 
 
+@pytest.mark.slow  # over 1 s: runs in make test, not make test-fast
 def test_compare_resume_keeps_finished_runs_and_continues_the_unfinished(tmp_path, tiny_cfg_dict, monkeypatch):
     raw = with_(tiny_cfg_dict, rounds=3, checkpoint={"every": 1})
     f = cfg_file(tmp_path, raw)

@@ -127,7 +127,7 @@ def test_chain_plans_with_the_layouts_coefficients_equal_the_default():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "preresnet18"])
-@pytest.mark.parametrize("k,start", [(2, 0), (2, 77), (4, 0), (4, 77), (8, 0),
+@pytest.mark.parametrize("k,start", [(2, 0), (2, 77), (4, 0), (4, 77), pytest.param(8, 0, marks=pytest.mark.slow),
                                      pytest.param(8, 77, marks=pytest.mark.slow)])
 def test_width_beta_min_trains_every_tile_equally_often_over_one_period(name, k, start):
     """Over K^3 consecutive counters (K^2 for chains) a tile on d sliced axes is trained period / K^d times."""
@@ -140,7 +140,8 @@ def test_width_beta_min_trains_every_tile_equally_often_over_one_period(name, k,
     assert cov.notes() == []
 
 
-@pytest.mark.parametrize("k,s", [(4, 2), (4, 3), (8, 2), pytest.param(8, 4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("k,s", [(4, 2), (4, 3), pytest.param(8, 2, marks=pytest.mark.slow),
+                                 pytest.param(8, 4, marks=pytest.mark.slow)])
 def test_wider_clients_train_every_preresnet_tile_s_to_the_d_times_as_often(k, s):
     layout = layouts()["preresnet18"]
     n = k**3
