@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, a
 
 from engine_cases import CONTENDERS, METHODS, contender, make_case  # noqa: E402
 from interleave import Timings, interleaved  # noqa: E402
-from machine_check import NoiseCheck, measure_speed  # noqa: E402
+from machine_check import NOISE_TOLERANCE, NoiseCheck, measure_speed  # noqa: E402
 
 from fedbrb_fast.outputs import atomic_write_text  # noqa: E402
 
@@ -162,22 +162,33 @@ def print_scaling(points: list[dict[str, Any]]) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The result file as the Markdown tables docs/batched_engine.md carries."""
+    """The result file as the Markdown tables docs/batched_engine.md carries: quiet entries only
+    (a noisy one is not a result), with a count of those left out."""
+    def quiet(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+        kept = [e for e in entries if e["noise"]["drift"] <= NOISE_TOLERANCE]
+        left = len(entries) - len(kept)
+        return kept, (f"\n\n{left} noisy entries (drift over {NOISE_TOLERANCE:.0%}) left out; they stay in the "
+                      f"result file.") if left else ""
+
+    rows, rows_left = quiet(result["rows"])
     lines = ["| case | clients | method | plain s | reference s | batched s | batched vs plain | vs reference "
              "| training, % of matmul peak | drift |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
+    for r in rows:
         c, peak = r["contenders"], r.get("batched_train_of_peak")
         lines.append(f"| {r['case']} | {r['clients']} | {r['method']} | {c['plain']['best_s']:.3f} "
                      f"| {c['reference']['best_s']:.3f} | {c['batched']['best_s']:.3f} | "
                      f"**{r['batched_vs_plain']:.1f}x** | {r['batched_vs_reference']:.1f}x | "
                      f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% |")
-    if result.get("scaling"):
-        lines += ["", "| clients per round | s per round | client-updates/s | plain loop s (scaled) | batched vs plain "
-                  "| peak RSS MB | drift |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    text = "\n".join(lines) + rows_left
+    points, points_left = quiet(result.get("scaling", []))
+    if points:
+        lines = ["| clients per round | s per round | client-updates/s | plain loop s (scaled) | batched vs plain "
+                 "| peak RSS MB | drift |", "|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {p['clients']:,} | {p['seconds_per_round']:.3f} | {p['client_updates_per_s']:.0f} | "
                   f"{p['plain_seconds_per_round']:.2f} | **{p['batched_vs_plain']:.1f}x** | {p['peak_rss_mb']:.0f} | "
-                  f"{100 * p['noise']['drift']:.0f}% |" for p in result["scaling"]]
-    return "\n".join(lines)
+                  f"{100 * p['noise']['drift']:.0f}% |" for p in points]
+        text += "\n\n" + "\n".join(lines)
+    return text + points_left
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

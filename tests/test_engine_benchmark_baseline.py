@@ -102,12 +102,16 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
     point = {"clients": 10000, "seconds_per_round": 7.2, "client_updates_per_s": 1389.0,
              "plain_seconds_per_round": 108.9, "batched_vs_plain": 15.2, "peak_rss_mb": 803.4, "noise": {"drift": 0.1}}
     path = tmp_path / "engines.json"
-    path.write_text(json.dumps({"rows": [row, {**row, "method": "heterofl"}], "scaling": [point]}))
+    noisy = {**row, "method": "fedrolex", "noise": {"drift": 0.2}}
+    path.write_text(json.dumps({"rows": [row, {**row, "method": "heterofl"}, noisy],
+                                "scaling": [point, {**point, "clients": 100, "noise": {"drift": 0.3}}]}))
     main(["--markdown", str(path)])
     lines = capsys.readouterr().out.splitlines()
     assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 38% | 6% |" in lines
-    assert sum(line.startswith("| mlp | 100 |") for line in lines) == 2
+    assert sum(line.startswith("| mlp | 100 |") for line in lines) == 2  # the noisy row is not a result
     assert "| 10,000 | 7.200 | 1389 | 108.90 | **15.2x** | 803 | 10% |" in lines
+    assert not any(line.startswith("| 100 |") for line in lines)
+    assert sum("1 noisy entries (drift over 15%) left out" in line for line in lines) == 2
 
 
 def test_merge_replaces_only_the_entries_measured_again():

@@ -4,8 +4,6 @@ aggregation and over rounds (float64 at 1e-9, as tests/test_engine_batched.py ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from test_engine_batched import SIZES, assert_same_clients, make_data
@@ -19,14 +17,6 @@ from fedbrb_fast.models import CNN, MLP, FunctionalView, ModelFamily, ModelLayou
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def case(name: str) -> tuple[ModelFamily, FederatedData]:

@@ -49,14 +49,6 @@ def registry() -> Iterator[tuple[str, ...]]:
     del FAMILIES["tiny"]
 
 
-@pytest.fixture
-def float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def build(arch: str, i: int) -> tuple[ModelFamily, tuple[int, ...]]:
     cfg, shape = CASES[arch][i]
     return build_family(cfg, shape, CLASSES), shape

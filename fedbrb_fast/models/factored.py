@@ -17,6 +17,8 @@ from typing import overload
 import torch
 from torch import Tensor
 
+from .slice_runs import slice_runs
+
 
 @dataclass(frozen=True)
 class FactoredStack:
@@ -96,11 +98,8 @@ class FactoredStack:
     def run_sums(self, weights: Tensor) -> tuple[list[int], Tensor, Tensor]:
         """Per run of consecutive clients sharing a base slice: the run's first client, the sum of
         its weights [R] and its weighted sum of tensors [R, rows, cols] (one GEMM per run)."""
-        n = len(self.of_client)
-        change = torch.ones(n, dtype=torch.bool)
-        change[1:] = (self.of_client[1:] != self.of_client[:-1]).cpu()
-        starts = change.nonzero().flatten().tolist()
-        bounds = list(zip(starts, [*starts[1:], n], strict=True))
+        bounds = slice_runs(self.of_client)
+        starts = [start for start, _ in bounds]
         sums = self.base.new_empty(len(bounds), *self.base.shape[1:])
         for r, (start, stop) in enumerate(bounds):
             ww = weights[start:stop].to(self.base.device)

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ..models.factored import FactoredStack
+from ..models.slice_runs import few_runs, slice_runs
 from ..models.stacked import SliceSet
 from .local import LocalTraining
-from .slice_runs import MAX_RUNS_FRACTION, slice_runs
 
 
 def use_data_span(in_features: int, samples: int) -> bool:
@@ -92,7 +92,7 @@ class DataSpanLinearWeight:
         slice itself, so no per-client copy of w0 is written first."""
         e_t = self.e_w.transpose(1, 2)
         runs = slice_runs(self.w0.of_client, self.a)
-        if len(runs) > MAX_RUNS_FRACTION * len(self.a):
+        if not few_runs(runs, len(self.a)):
             w = self.w0.stacked()
             w.mul_(self.a.to(w.dtype).view(-1, 1, 1))
             return w.baddbmm_(e_t, self.samples)
@@ -109,7 +109,7 @@ def _input_products(samples: Tensor, w0: SliceSet) -> Tensor:
     batched GEMM when slices are not shared."""
     n, m, in_f = samples.shape
     runs = slice_runs(w0.of_client)
-    if len(runs) > MAX_RUNS_FRACTION * n:
+    if not few_runs(runs, n):
         return torch.bmm(samples, w0.stacked().transpose(1, 2))
     p = samples.new_empty(n, m, w0.unique.shape[1])
     for start, stop in runs:

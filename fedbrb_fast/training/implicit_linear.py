@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from ..models.factored import FactoredStack
+from ..models.slice_runs import few_runs, slice_runs
 from ..models.stacked import SliceSet
 from .local import LocalTraining
-from .slice_runs import MAX_RUNS_FRACTION, slice_runs
 
 
 def use_implicit(out_features: int, in_features: int, steps: int, batch_size: int, *, shared: bool = False) -> bool:
@@ -33,8 +33,8 @@ def use_implicit(out_features: int, in_features: int, steps: int, batch_size: in
 
 
 def shares_slices(w0: SliceSet) -> bool:
-    """Few enough runs of clients sharing a slice that per-run GEMMs beat per-client copies."""
-    return len(slice_runs(w0.of_client)) <= MAX_RUNS_FRACTION * len(w0.of_client)
+    """Clients share their starting slices in few enough runs for one GEMM per run."""
+    return few_runs(slice_runs(w0.of_client), len(w0.of_client))
 
 
 class ImplicitLinearWeight:
@@ -45,7 +45,7 @@ class ImplicitLinearWeight:
         n, out_f, in_f = len(w0.of_client), w0.unique.shape[1], w0.unique.shape[2]
         self.w0, self.b = w0, batch_size
         self.runs = slice_runs(w0.of_client)
-        self.w0_stacked = None if shares_slices(w0) else w0.stacked()
+        self.w0_stacked = None if few_runs(self.runs, n) else w0.stacked()
         dev, dtype = w0.unique.device, w0.unique.dtype
         self.a = torch.ones(n, dtype=torch.float64, device=dev)
         self.c = torch.zeros(n, dtype=torch.float64, device=dev)

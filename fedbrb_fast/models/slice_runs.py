@@ -16,5 +16,10 @@ def slice_runs(*keys: Tensor) -> list[tuple[int, int]]:
     change = torch.zeros(n, dtype=torch.bool)
     for key in keys:
         change[1:] |= (key[1:] != key[:-1]).cpu()
-    starts = [0, *(torch.nonzero(change).flatten() + 0).tolist()] if n else []
+    starts = [0, *torch.nonzero(change).flatten().tolist()] if n else []
     return list(zip(starts, [*starts[1:], n], strict=True))
+
+
+def few_runs(runs: list[tuple[int, int]], clients: int) -> bool:
+    """Few enough runs that one GEMM per run of clients sharing a slice beats per-client copies."""
+    return len(runs) <= MAX_RUNS_FRACTION * clients
