@@ -26,8 +26,10 @@ from torch import Tensor
 
 from ..models import ModelFamily, stacked_forward_of, vmapped_forward
 from ..models.factored import FactoredStack
+from ..models.family import relu_chain_of
 from ..models.stacked import LinearLayer, SliceSet, stacked_linear
 from ..seeding import STREAM_TRAIN, torch_generator
+from .client_major import train_client_major
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
 from .local import LocalTraining, epoch_orders
@@ -104,8 +106,8 @@ def fused_linear_layers(model: ModelFamily) -> dict[str, LinearLayer]:
 
 def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
                   schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
-                  linear_backend: str = "torch",
-                  factored: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
+                  linear_backend: str = "torch", factored: bool = False,
+                  client_major: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
     returns (params, mean loss per client). A parameter given as a `SliceSet` (distinct slices)
     is copied per client where it trains explicitly. Everything runs on the device of `x_all`;
@@ -114,6 +116,8 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
     `label_mask` [n, classes] bool removes absent classes from each client's softmax.
     `factored`: an input layer trained in data-span form comes back as a `FactoredStack` (its
     weights never written out; aggregation sums the factors) instead of dense weights.
+    `client_major`: a ReLU chain (`models.family.ReluChain`) on the CPU trains client by client in
+    a compiled kernel (`client_major.py`, needs numba), everything else step by step here.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
     autograd leaves) instead of the fused / implicit torch path.
@@ -133,6 +137,11 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
         span_layer = None
     span_weight = layers[span_layer].weight if span_layer else None
     span = _data_span(params[span_weight], x_all, schedule) if span_weight else None
+    chain = relu_chain_of(model) if client_major and device.type == "cpu" and linear_backend == "torch" else None
+    if chain is not None:
+        return train_client_major(chain, params, x_all, y_all, rows=schedule.rows, positions=schedule.positions,
+                                  mask=schedule.mask, active=schedule.active, beta=beta, hp=hp,
+                                  label_mask=label_mask, span=span, factored=factored)
     starts = {name: _slice_set(params[layer.weight]) for name, layer in layers.items() if name != span_layer}
     implicit = {name: ImplicitLinearWeight(w0.to(device), steps, batch) for name, w0 in starts.items()
                 if use_implicit(w0.unique.shape[1], w0.unique.shape[2], steps, batch, shared=shares_slices(w0))}
