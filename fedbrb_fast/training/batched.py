@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,7 +29,7 @@ from ..models import ModelFamily, stacked_forward_of, vmapped_forward
 from ..models.factored import FactoredStack
 from ..models.family import relu_chain_of
 from ..models.stacked import LinearLayer, SliceSet, stacked_linear
-from ..seeding import STREAM_TRAIN, torch_generator
+from ..seeding import STREAM_TRAIN, torch_generators
 from .client_major import train_client_major
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
@@ -74,8 +75,8 @@ def build_schedule(client_rows: Sequence[Tensor], batch_size: int, epochs: int, 
     counts = torch.tensor([len(r) for r in client_rows], dtype=torch.int64)
     samples = torch.zeros(n, int(counts.max()) if n else 0, dtype=torch.int64)
     # The orders come from each client's own generator; the rest is filled per sample count at once.
-    orders = [torch.stack(epoch_orders(len(own), epochs, torch_generator(seed, STREAM_TRAIN, round_idx, c)))
-              for own, c in zip(client_rows, clients, strict=True)]
+    generators = torch_generators(seed, STREAM_TRAIN, round_idx, last=np.asarray(clients, dtype=np.int64))
+    orders = [torch.stack(epoch_orders(len(own), epochs, g)) for own, g in zip(client_rows, generators, strict=True)]
     by_count: dict[int, list[int]] = {}
     for i, own in enumerate(client_rows):
         by_count.setdefault(len(own), []).append(i)
