@@ -52,7 +52,7 @@ def derive_seeds(seed: int, stream: int, *keys: int, last: np.ndarray) -> np.nda
             return value ^ (value >> np.uint32(16))
 
         def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            result = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+            result = np.asarray(np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y, dtype=np.uint32)
             return result ^ (result >> np.uint32(16))
 
         pool = [hashmix(word) for word in entropy]
