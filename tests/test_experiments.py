@@ -25,10 +25,11 @@ from fedbrb_fast.experiments import (
     smallest_only_verdicts,
     tally,
 )
+from fedbrb_fast.experiments.coverage import planning_layout
 from fedbrb_fast.experiments.reading import fedbrb_standing, lam_effect
 from fedbrb_fast.experiments.report import claims_section
 from fedbrb_fast.outputs import OutputDirError, read_metrics
-from fedbrb_fast.plans import ClientPlan, element_coverage
+from fedbrb_fast.plans import ClientPlan, element_coverage, layout_coverage, make_round_plans, sample_clients
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "suites"
 PNG = b"\x89PNG"
@@ -189,6 +190,30 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
     by_hand = element_coverage(planned, 1, 0, 8, 16)
     assert torch.equal(cov.elements, by_hand)
     assert torch.allclose(cov.tile_means(), by_hand.view(4, 2, 4, 4).double().mean(dim=(1, 3)))
+
+
+def preresnet_coverage_cfg(method="fedbrb", rounds=4):
+    """PreResNet-18 at widths [4, 4, 4, 4], K = 2: 4 rounds x 4 clients = 16 roll counters = 2 x K^3."""
+    raw = {"rounds": rounds, "data": {"dataset": "digits"}, "model": {"arch": "preresnet18", "widths": [4, 4, 4, 4]},
+           "clients": {"num_clients": 8, "per_round": 4, "widths": ["1/2"]}, "method": {"name": method}}
+    return config_from_dict(raw)
+
+
+def test_replayed_coverage_rolls_preresnet18_with_the_layouts_shear():
+    """Every tile of every tensor trained over K^3 counters with the layout's shear; the chain
+    coefficients (c_g = g) would leave the tiles of the shortcut between streams 0 and 4 untrained
+    (c difference 4 = 0 mod K)."""
+    cfg = preresnet_coverage_cfg()
+    cov = replay_coverage(cfg)
+    assert cov.notes == []
+    assert torch.equal(cov.whole_tiles, torch.full((2, 2), 4))  # conv1 of the first block: K^3 / K^2 x 2 periods
+    layout = planning_layout(cfg)
+    chain_plans = [p for t in range(cfg.rounds) for p in make_round_plans(
+        "fedbrb", t, sample_clients(t, 8, 4, cfg.seed), [0.5] * 4, group_sizes=layout.group_sizes, num_blocks=2,
+        seed=cfg.seed)]
+    missed = layout_coverage(chain_plans, layout, 2).notes()
+    assert any(line.startswith("stage1.block0.shortcut.weight") for line in missed), missed
+    assert replay_coverage(preresnet_coverage_cfg("heterofl")).notes  # the first block only, always
 
 
 # --- running a suite ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbrb_fast.models.preresnet import blocks, preresnet_flops_per_sample, preresnet_forward, preresnet_layout
+from fedbrb_fast.models.preresnet import PreResNet as PreResNetFamily
+from fedbrb_fast.models.preresnet import blocks, group_widths, preresnet_forward, preresnet_layout
 
 
 class Scaler(nn.Module):
@@ -121,4 +122,5 @@ def test_flops_per_sample_counts_every_convolution():
         if isinstance(m, nn.Conv2d | nn.Linear):
             m.register_forward_hook(hook)
     module(torch.randn(1, 3, *spatial))
-    assert preresnet_flops_per_sample(3, widths, 10, spatial) == sum(counted)
+    family = PreResNetFamily(3, widths, 10)
+    assert family.flops_per_sample(group_widths(widths), (3, *spatial)) == sum(counted)
