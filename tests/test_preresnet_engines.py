@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
+from test_data_files import make_cifar10, make_cifar100
 from test_engine_batched import SIZES, assert_same_clients, make_data
 
 from fedbrb_fast.aggregation import aggregate, rule_for_method
@@ -115,3 +117,20 @@ def test_the_distributed_engine_on_one_process_equals_the_batched_engine(tiny_cf
             runs[engine] = run_experiment(config_from_dict({**raw, "output_dir": str(tmp_path / engine)}))
     assert comparable(runs["distributed"].rows) == comparable(runs["batched"].rows)
 
+
+
+@pytest.mark.parametrize("dataset,make_files,folder,classes", [
+    ("cifar10", make_cifar10, "cifar-10-batches-bin", 10),
+    pytest.param("cifar100", make_cifar100, "cifar-100-binary", 100, marks=pytest.mark.slow),
+], ids=["cifar10", "cifar100"])
+def test_preresnet18_trains_on_cifar_from_local_files(tiny_cfg_dict, tmp_path, dataset, make_files, folder, classes):
+    """CIFAR from binary files the test writes (32x32x3: 32 -> 16 -> 8 -> 4 over the stages)."""
+    make_files(tmp_path / folder, np.random.default_rng(0))
+    raw = preresnet_cfg(tiny_cfg_dict, "fedbrb", "batched", data={"dataset": dataset, "root": str(tmp_path),
+                                                                  "partition": "iid"},
+                        clients={"num_clients": 4, "per_round": 2, "widths": ["1/2"], "proportions": None})
+    sim = Simulation(config_from_dict({**raw, "rounds": 1}))
+    assert isinstance(sim.model, PreResNet) and sim.model.in_channels == 3 and sim.model.layout.num_classes == classes
+    record = sim.run_round()
+    assert record.accuracy is not None and record.excluded == 0
+    assert all(torch.isfinite(t).all() for t in sim.params.values())
