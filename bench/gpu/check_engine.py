@@ -31,7 +31,8 @@ def model_families() -> tuple[str, ...]:
 def model_section(arch: str, big: bool) -> dict[str, Any]:
     """The family's default [model] section 4 (8 in a dry run) times narrower, with static BatchNorm."""
     family = next(c for c in MODEL_CONFIGS if c.model_fields["arch"].default == arch)
-    return {**family().narrowed(4 if big else 8).model_dump(exclude_none=True), "norm": "bn"}
+    defaults = family.model_validate({"arch": arch})
+    return {**defaults.narrowed(4 if big else 8).model_dump(exclude_none=True), "norm": "bn"}
 
 
 def config(arch: str, method: str, seed: int, big: bool, **train: Any) -> dict[str, Any]:
