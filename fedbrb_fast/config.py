@@ -82,16 +82,31 @@ class FamilyConfig(_Section):
     def narrowed(self, num_blocks: int) -> Self:
         """The same family with every group num_blocks times narrower (fedavg_small's global model)."""
 
+    def size_problems(self) -> list[str]:
+        """Problems of the fields that set the group sizes, before any size is read."""
+        return []
 
-class ChainConfig(FamilyConfig):
+    def block_problems(self, num_blocks: int) -> list[str]:
+        """Groups that do not split into `num_blocks` equal blocks, named by the field that sets them."""
+        sizes = self.group_sizes
+        return [f"model: channel group {g} of size {sizes[g]} is not divisible by K = {num_blocks} blocks"
+                for g in uneven_groups(sizes, num_blocks)]
+
+
+class NormedConfig(FamilyConfig):
+    """A family with the norm options of docs/algorithm.md#local-training and HeteroFL's scaler."""
+
+    norm: Literal["none", "bn", "gn"] = "none"
+    norm_groups: int = Field(4, ge=1)
+    scaler: bool = True
+
+
+class ChainConfig(NormedConfig):
     """A chain of hidden layers (one channel group each), optional norm and scaler."""
 
     default_hidden: ClassVar[tuple[int, ...]]
     hidden: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
     scale: float = Field(1.0, gt=0)
-    norm: Literal["none", "bn", "gn"] = "none"
-    norm_groups: int = Field(4, ge=1)
-    scaler: bool = True
 
     @property
     def base_hidden(self) -> list[int]:
@@ -109,6 +124,16 @@ class ChainConfig(FamilyConfig):
     def narrowed(self, num_blocks: int) -> Self:
         return self.model_copy(update={"hidden": [n // num_blocks for n in self.hidden_sizes], "scale": 1.0})
 
+    def size_problems(self) -> list[str]:
+        bad = [h for h in self.base_hidden
+               if abs(h * self.scale - round(h * self.scale)) > 1e-9 or round(h * self.scale) < 1]
+        return [f"model.scale: {self.scale} times hidden sizes {bad} is not a positive integer"] if bad else []
+
+    def block_problems(self, num_blocks: int) -> list[str]:
+        sizes = self.group_sizes
+        return [f"model.hidden: hidden size {sizes[g]} (group {g}) is not divisible by K = {num_blocks} blocks"
+                for g in uneven_groups(sizes, num_blocks)]
+
 
 class MLPConfig(ChainConfig):
     arch: Literal["mlp"] = "mlp"
@@ -123,6 +148,33 @@ class CNNConfig(ChainConfig):
     needs_images = True
 
 
+PRERESNET_STAGES = 4
+PRERESNET_GROUPS_PER_STAGE = 3  # the stage's residual stream and its two blocks' inner groups
+
+
+class PreResNetConfig(NormedConfig):
+    """PreResNet-18 (docs/algorithm.md#model-families): four stages of two pre-activation basic
+    blocks, stage widths `widths`, static BatchNorm by default as HeteroFL and FedRolex train it."""
+
+    arch: Literal["preresnet18"] = "preresnet18"
+    needs_images = True
+    widths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 128, 256, 512],
+                                                      min_length=PRERESNET_STAGES, max_length=PRERESNET_STAGES)
+    norm: Literal["none", "bn", "gn"] = "bn"
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """Every group has its stage's width (models/preresnet.py numbers them stage by stage)."""
+        return [w for w in self.widths for _ in range(PRERESNET_GROUPS_PER_STAGE)]
+
+    def narrowed(self, num_blocks: int) -> Self:
+        return self.model_copy(update={"widths": [w // num_blocks for w in self.widths]})
+
+    def block_problems(self, num_blocks: int) -> list[str]:
+        return [f"model.widths: stage {s} width {w} is not divisible by K = {num_blocks} blocks"
+                for s, w in enumerate(self.widths) if w % num_blocks]
+
+
 def _arch_of(value: Any) -> str | None:
     """The family tag of a [model] section; a section without `arch` is an MLP."""
     if isinstance(value, dict):
@@ -130,8 +182,9 @@ def _arch_of(value: Any) -> str | None:
     return getattr(value, "arch", None)
 
 
-ModelConfig = Annotated[Annotated[MLPConfig, Tag("mlp")] | Annotated[CNNConfig, Tag("cnn")], Discriminator(_arch_of)]
-MODEL_CONFIGS: tuple[type[FamilyConfig], ...] = (MLPConfig, CNNConfig)  # the members of ModelConfig
+ModelConfig = Annotated[Annotated[MLPConfig, Tag("mlp")] | Annotated[CNNConfig, Tag("cnn")]
+                        | Annotated[PreResNetConfig, Tag("preresnet18")], Discriminator(_arch_of)]
+MODEL_CONFIGS: tuple[type[FamilyConfig], ...] = (MLPConfig, CNNConfig, PreResNetConfig)  # the members of ModelConfig
 MODEL_ARCHS = tuple(str(c.model_fields["arch"].default) for c in MODEL_CONFIGS)  # one per family in models/
 
 
@@ -237,11 +290,9 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     if c.proportions is not None and len(c.proportions) != len(c.widths):
         out.append(f"clients.proportions: {len(c.proportions)} proportions for {len(c.widths)} widths")
 
-    base = m.base_hidden
-    bad_scale = [h for h in base if abs(h * m.scale - round(h * m.scale)) > 1e-9 or round(h * m.scale) < 1]
-    if bad_scale:
-        out.append(f"model.scale: {m.scale} times hidden sizes {bad_scale} is not a positive integer")
-        return out
+    size_problems = m.size_problems()
+    if size_problems:
+        return out + size_problems
     sizes = m.group_sizes
 
     widths = [Fraction(w).limit_denominator(1 << 20) for w in c.widths]
@@ -254,8 +305,7 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     for w in widths:
         if (w * k).denominator != 1:
             out.append(f"clients.widths: width {float(w):g} is not a whole number of blocks of 1/{k}")
-    for g in uneven_groups(sizes, k):
-        out.append(f"model.hidden: hidden size {sizes[g]} (group {g}) is not divisible by K = {k} blocks")
+    out += m.block_problems(k)
     if out:
         return out
 
@@ -265,7 +315,7 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
         client_sizes = set(sizes)
     else:
         client_sizes = {int(w * n) for w in widths for n in sizes}
-    if m.norm == "gn":
+    if isinstance(m, NormedConfig) and m.norm == "gn":
         bad = sorted(s for s in client_sizes if s % m.norm_groups)
         if bad:
             out.append(f"model.norm_groups: {m.norm_groups} groups do not divide client channel counts {bad}")

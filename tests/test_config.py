@@ -4,6 +4,7 @@ from pydantic import ValidationError
 from fedbrb_fast.config import (
     ConfigError,
     ExperimentConfig,
+    PreResNetConfig,
     apply_overrides,
     config_from_dict,
     config_to_toml,
@@ -71,7 +72,14 @@ def error_of(raw=None, overrides=()):
     (["model.scale=0.3"], "model.scale", "not a positive integer"),
     (["model.norm=gn", "model.norm_groups=3"], "model.norm_groups", "do not divide"),
     (["model.arch=cnn", "data.dataset=mnist1d"], "model.arch", "image data"),
-    (["model.arch=resnet"], "model.arch", "unknown model family 'resnet' (one of 'mlp', 'cnn')"),
+    (["model.arch=resnet"], "model.arch", "unknown model family 'resnet' (one of 'mlp', 'cnn', 'preresnet18')"),
+    (["model.arch=preresnet18", "data.dataset=mnist1d"], "model.arch", "'preresnet18' needs image data"),
+    (["model.arch=preresnet18", "model.widths=[64, 128, 256, 500]", "clients.widths=['1/8']"], "model.widths",
+     "stage 3 width 500 is not divisible by K = 8"),
+    (["model.arch=preresnet18", "model.widths=[64, 128]"], "model.widths", "at least 4"),
+    (["model.arch=preresnet18", "model.widths=[64, 128, 0, 512]"], "model.widths.2", "greater than or equal to 1"),
+    (["model.arch=preresnet18", "model.hidden=[64]"], "model.hidden", "unknown key"),
+    (["model.arch=preresnet18", "model.norm=gn", "model.norm_groups=3"], "model.norm_groups", "do not divide"),
     (["model.arch=cnn", "model.bogus=1"], "model.bogus", "unknown key"),
     (["model.arch=resnet", "model.bogus=1"], "model.bogus", "unknown key"),
     (["model=3"], "model", "model family's fields"),
@@ -119,3 +127,14 @@ def test_config_is_frozen():
             setattr(section, field, 5)
         assert [(e["type"], e["loc"]) for e in info.value.errors()] == [("frozen_instance", (field,))]
     assert (cfg.rounds, cfg.train.lr) == (rounds, lr)
+
+
+def test_preresnet18_defaults_and_group_sizes():
+    cfg = config_from_dict({"model": {"arch": "preresnet18"}, "clients": {"widths": ["1/16"]}})
+    m = cfg.model
+    assert isinstance(m, PreResNetConfig)
+    assert m.widths == [64, 128, 256, 512] and m.norm == "bn" and m.scaler
+    assert cfg.data.dataset == "mnist5k"
+    # Each stage's stream and its two blocks' inner groups, stage by stage.
+    assert m.group_sizes == [64] * 3 + [128] * 3 + [256] * 3 + [512] * 3
+    assert m.narrowed(16).widths == [4, 8, 16, 32]

@@ -3,9 +3,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 import torch
+from test_data_files import make_cifar10
 from typer.testing import CliRunner
 
 import fedbrb_fast.engines.simulation as simulation_module
@@ -25,10 +27,11 @@ from fedbrb_fast.experiments import (
     smallest_only_verdicts,
     tally,
 )
+from fedbrb_fast.experiments.coverage import planning_layout
 from fedbrb_fast.experiments.reading import fedbrb_standing, lam_effect
 from fedbrb_fast.experiments.report import claims_section
 from fedbrb_fast.outputs import OutputDirError, read_metrics
-from fedbrb_fast.plans import ClientPlan, element_coverage
+from fedbrb_fast.plans import ClientPlan, element_coverage, layout_coverage, make_round_plans, sample_clients
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "suites"
 PNG = b"\x89PNG"
@@ -189,6 +192,30 @@ def test_replayed_coverage_is_what_the_simulation_planned(monkeypatch, method):
     by_hand = element_coverage(planned, 1, 0, 8, 16)
     assert torch.equal(cov.elements, by_hand)
     assert torch.allclose(cov.tile_means(), by_hand.view(4, 2, 4, 4).double().mean(dim=(1, 3)))
+
+
+def preresnet_coverage_cfg(method="fedbrb", rounds=4):
+    """PreResNet-18 at widths [4, 4, 4, 4], K = 2: 4 rounds x 4 clients = 16 roll counters = 2 x K^3."""
+    raw = {"rounds": rounds, "data": {"dataset": "digits"}, "model": {"arch": "preresnet18", "widths": [4, 4, 4, 4]},
+           "clients": {"num_clients": 8, "per_round": 4, "widths": ["1/2"]}, "method": {"name": method}}
+    return config_from_dict(raw)
+
+
+def test_replayed_coverage_rolls_preresnet18_with_the_layouts_shear():
+    """Every tile of every tensor trained over K^3 counters with the layout's shear; the chain
+    coefficients (c_g = g) would leave the tiles of the shortcut between streams 0 and 4 untrained
+    (c difference 4 = 0 mod K)."""
+    cfg = preresnet_coverage_cfg()
+    cov = replay_coverage(cfg)
+    assert cov.notes == []
+    assert torch.equal(cov.whole_tiles, torch.full((2, 2), 4))  # conv1 of the first block: K^3 / K^2 x 2 periods
+    layout = planning_layout(cfg)
+    chain_plans = [p for t in range(cfg.rounds) for p in make_round_plans(
+        "fedbrb", t, sample_clients(t, 8, 4, cfg.seed), [0.5] * 4, group_sizes=layout.group_sizes, num_blocks=2,
+        seed=cfg.seed)]
+    missed = layout_coverage(chain_plans, layout, 2).notes()
+    assert any(line.startswith("stage1.block0.shortcut.weight") for line in missed), missed
+    assert replay_coverage(preresnet_coverage_cfg("heterofl")).notes  # the first block only, always
 
 
 # --- running a suite ---------------------------------------------------------------------------
@@ -363,3 +390,26 @@ def test_reading_is_computed_from_the_numbers():
     assert standing[1] == "It is not ahead in 1 of 3: noisy (fd 85.0% vs 80.5%, -4.5 pts, beyond one std)."
     lam = lam_effect(summary)
     assert lam[1] == "fedbrb vs lam0: mean difference +1.2 pts; higher in 2 of 3 scenarios, beyond one std in 2."
+
+
+@pytest.mark.slow  # a whole suite
+def test_quick_preresnet18_suites_on_mnist5k_and_on_cifar10_files(tmp_path):
+    """The PreResNet-18 suites run through the CLI: MNIST-5k as shipped, CIFAR-10 from binary files the
+    test writes (the suite's data.root pointed at them); the coverage replay covers every tensor."""
+    cifar = tmp_path / "cifar"
+    make_cifar10(cifar / "cifar-10-batches-bin", np.random.default_rng(0), per_batch=600, n_test=50)
+    suite = (EXAMPLES / "cifar10_preresnet18.toml").read_text()
+    assert 'root = "data"' in suite
+    (tmp_path / "cifar10_preresnet18.toml").write_text(suite.replace('root = "data"', f'root = "{cifar}"'))
+    for path, name, n_test in ((EXAMPLES / "mnist5k_preresnet18.toml", "mnist5k_preresnet18", 250),
+                               (tmp_path / "cifar10_preresnet18.toml", "cifar10_preresnet18", 50)):
+        res = cli.invoke(app, ["suite", str(path), "--quick", "--out", str(tmp_path / "runs")])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        assert [s["name"] for s in summary["scenarios"]] == ["dir0.3_w8", "dir0.3_mix"]
+        assert {s["setup"]["arch"] for s in summary["scenarios"]} == {"preresnet18"}
+        notes = summary["coverage"]["notes"]
+        assert notes["fedavg"] == [] and notes["heterofl"]  # one round of two clients: heterofl's first blocks only
+        rows = read_metrics(tmp_path / "runs" / name / "dir0.3_w8" / "fedbrb" / "seed0" / "metrics.jsonl")
+        assert len(rows) == 1 and rows[0]["accuracy"] is not None
+        assert round(rows[0]["accuracy"] * n_test) == pytest.approx(rows[0]["accuracy"] * n_test)

@@ -18,7 +18,7 @@ from tiny_family import TinyConfig, TinyNet
 from torch import Tensor
 
 import fedbrb_fast
-from fedbrb_fast.config import MODEL_ARCHS, CNNConfig, FamilyConfig, MLPConfig
+from fedbrb_fast.config import MODEL_ARCHS, CNNConfig, FamilyConfig, MLPConfig, PreResNetConfig
 from fedbrb_fast.models import (
     FAMILIES,
     ModelFamily,
@@ -36,6 +36,8 @@ CLASSES = 5
 CASES: dict[str, list[tuple[FamilyConfig, tuple[int, ...]]]] = {
     "mlp": [(MLPConfig(hidden=[8, 16], norm=norm, norm_groups=2), (12,)) for norm in ("none", "bn", "gn")],
     "cnn": [(CNNConfig(hidden=[8, 16, 8], norm=norm, norm_groups=2), (2, 9, 9)) for norm in ("none", "bn", "gn")],
+    "preresnet18": [(PreResNetConfig(widths=[4, 8, 8, 4], norm=norm, norm_groups=2), (2, 8, 8))
+                    for norm in ("bn", "gn", "none")],
     "tiny": [(TinyConfig(widths=(8, 12)), (12,))],
 }
 CASE_IDS = [(arch, i) for arch, cases in CASES.items() for i in range(len(cases))]
@@ -72,6 +74,7 @@ def test_layout_invariants(registry, arch, i):
     model, shape = build(arch, i)
     layout = model.layout
     assert model.arch == arch
+    assert list(layout.group_sizes) == CASES[arch][i][0].group_sizes  # what the config checks at load
     for spec in layout.params:
         assert spec.role in ROLES, spec.name
         if spec.role in FAN_IN_ROLES:

@@ -1,5 +1,6 @@
-"""How often each tile of one weight matrix was trained over a whole run, replayed from the
-config alone: client sampling, widths and plans are pure functions of (config, seed, round)."""
+"""How often each tile was trained over a whole run, replayed from the config alone: client
+sampling, widths and plans are pure functions of (config, seed, round), and FedBRB's shear
+coefficients of the model's layout (docs/algorithm.md#shear)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ import torch
 from torch import Tensor
 
 from ..config import ExperimentConfig
-from ..plans import assign_widths, element_coverage, make_round_plans, sample_clients, tile_coverage
+from ..models import ModelLayout, build_family
+from ..plans import (
+    assign_widths,
+    element_coverage,
+    layout_coverage,
+    make_round_plans,
+    sample_clients,
+    shear_coefficients,
+    tile_coverage,
+)
 
-# The weight between hidden groups 0 and 1: the first weight both of whose axes are sliced.
+# The weight between channel groups 0 and 1: in the MLP and the CNN the first hidden-to-hidden
+# weight, in PreResNet-18 the first block's conv1 (its inner group reads stage 0's stream).
 OUT_GROUP, IN_GROUP = 1, 0
 
 
@@ -20,6 +31,7 @@ class Coverage:
     whole_tiles: Tensor  # [K, K] client plans that trained the whole tile
     elements: Tensor  # [out, in] client plans that trained each element
     num_blocks: int
+    notes: list[str]  # over every tensor of the layout: diagonal-only tensors, tiles never trained whole
 
     def tile_means(self) -> Tensor:
         """[K, K] mean over each tile's elements of how many plans trained it: equal to
@@ -30,23 +42,37 @@ class Coverage:
         return self.elements.view(k, out // k, k, inp // k).double().mean(dim=(1, 3))
 
 
+def planning_layout(cfg: ExperimentConfig) -> ModelLayout:
+    """The global model's layout as the plans see it: its groups and adjacency, which do not depend
+    on the input or the classes, so a nominal input and two classes stand in for the data's."""
+    input_shape = (1, 1, 1) if cfg.model.needs_images else (1,)
+    return build_family(cfg.model, input_shape, 2).layout
+
+
 def replay_coverage(cfg: ExperimentConfig, out_group: int = OUT_GROUP, in_group: int = IN_GROUP) -> Coverage:
-    """Coverage of the weight [N_out, N_in] between two hidden groups, summed over all rounds.
+    """Coverage of the weight [N_out, N_in] between two adjacent channel groups, summed over all
+    rounds, with the plans the simulation hands out (FedBRB rolls with the layout's shear), and
+    the layout-wide notes of plans.LayoutCoverage.
 
     Counts the plans handed out, so a client lost to `faults.dropout` still counts. fedavg_small's
     global model is itself small; its plans are the whole global model, drawn here at full size."""
-    sizes = cfg.model.hidden_sizes
-    if max(out_group, in_group) >= len(sizes):
-        raise ValueError(f"coverage of groups {in_group}->{out_group} needs {max(out_group, in_group) + 1} hidden "
-                         f"groups; the model has {len(sizes)}")
+    layout = planning_layout(cfg)
+    sizes = layout.group_sizes
+    if (min(out_group, in_group), max(out_group, in_group)) not in layout.adjacency:
+        raise ValueError(f"coverage of groups {in_group}->{out_group}: no tensor of the {cfg.model.arch!r} model is "
+                         f"sliced by both (its {len(sizes)} channel groups' adjacent pairs: "
+                         f"{sorted(layout.adjacency)})")
     c, k = cfg.clients, cfg.num_blocks
+    shear = shear_coefficients(layout) if cfg.method.name == "fedbrb" else None
     widths = assign_widths(c.num_clients, c.widths, c.proportions, cfg.seed)
     tiles = torch.zeros(k, k, dtype=torch.int64)
     elements = torch.zeros(sizes[out_group], sizes[in_group], dtype=torch.int64)
+    every_plan = []
     for t in range(cfg.rounds):
         clients = sample_clients(t, c.num_clients, c.per_round, cfg.seed)
         plans = make_round_plans(cfg.method.name, t, clients, [widths[i] for i in clients], group_sizes=sizes,
-                                 num_blocks=k, seed=cfg.seed, schedule=cfg.method.schedule)
+                                 num_blocks=k, seed=cfg.seed, schedule=cfg.method.schedule, shear=shear)
         tiles += tile_coverage(plans, out_group, in_group, sizes[out_group], sizes[in_group], k)
         elements += element_coverage(plans, out_group, in_group, sizes[out_group], sizes[in_group])
-    return Coverage(tiles, elements, k)
+        every_plan += plans
+    return Coverage(tiles, elements, k, layout_coverage(every_plan, layout, k).notes())

@@ -132,6 +132,9 @@ def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
                       "whole). fedavg and fedavg_small train their whole global model; fedavg_small's is itself "
                       "small.",
                   "", f"![{s['suite']}: tile coverage per method]({figures['coverage']})"]
+        if "notes" in cov:  # over every tensor of the model (summaries before PreResNet-18 lack it)
+            lines += ["", "Over every tensor of the model, tensors with tiles that no plan trained whole: " + ", ".join(
+                f"{arm} {len(notes)}" for arm, notes in cov["notes"].items()) + "."]
     return "\n".join(lines)
 
 

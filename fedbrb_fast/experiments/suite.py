@@ -259,9 +259,9 @@ def _check_roles(suite: Suite, runs: list[RunSpec]) -> None:
 
 
 def _check_coverage(suite: Suite, runs: list[RunSpec]) -> None:
-    """The coverage figure needs a weight between two hidden groups (coverage.OUT_GROUP, IN_GROUP)."""
+    """The coverage figure needs a weight between two channel groups (coverage.OUT_GROUP, IN_GROUP)."""
     for run in (r for r in runs if r.scenario == suite.coverage_scenario):
-        if len(run.config.model.hidden_sizes) < 2:
+        if len(run.config.model.group_sizes) < 2:
             raise SuiteError(f"suite {str(suite.source)!r}, coverage_scenario {suite.coverage_scenario!r} "
                              f"({run.arm}): the coverage figure needs at least two hidden groups (model.hidden)")
 

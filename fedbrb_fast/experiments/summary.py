@@ -45,7 +45,7 @@ def describe_setup(cfg: ExperimentConfig) -> dict[str, Any]:
     partition = {"dirichlet": f"dirichlet({d.dirichlet_alpha:g})", "shards": f"shards({d.shards_per_client})"}
     return {
         "dataset": d.dataset, "partition": d.partition, "partition_label": partition.get(d.partition, d.partition),
-        "arch": cfg.model.arch, "hidden": cfg.model.hidden_sizes, "norm": cfg.model.norm,
+        "arch": cfg.model.arch, "hidden": cfg.model.group_sizes, "norm": cfg.model.norm,
         "widths": list(c.widths), "proportions": c.proportions, "num_clients": c.num_clients,
         "per_round": c.per_round, "rounds": cfg.rounds, "local_epochs": t.local_epochs, "batch_size": t.batch_size,
         "lr": t.lr, "lr_schedule": t.lr_schedule, "momentum": t.momentum, "weight_decay": t.weight_decay,
@@ -109,7 +109,8 @@ def coverage_summary(suite: Suite, outcomes: Sequence[RunOutcome]) -> dict[str, 
             "num_blocks": cfg.num_blocks, "rounds": cfg.rounds, "per_round": cfg.clients.per_round,
             "whole_tiles": {arm: c.whole_tiles.tolist() for arm, c in replays.items()},
             "tile_means": {arm: [[round(v, 3) for v in row] for row in c.tile_means().tolist()]
-                           for arm, c in replays.items()}}
+                           for arm, c in replays.items()},
+            "notes": {arm: c.notes for arm, c in replays.items()}}
 
 
 def plot_files(summary: dict[str, Any], prefix: str = "") -> dict[str, str]:

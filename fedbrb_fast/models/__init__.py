@@ -3,7 +3,7 @@ any client model is a gather of the global one."""
 
 from __future__ import annotations
 
-from ..config import CNNConfig, ExperimentConfig, MLPConfig
+from ..config import CNNConfig, ExperimentConfig, MLPConfig, PreResNetConfig
 from .cnn import CNN
 from .family import (
     FunctionalView,
@@ -14,14 +14,16 @@ from .family import (
 )
 from .layout import ModelLayout, ParamSpec, Role, extract, full_indices, gather_tensor
 from .mlp import MLP
+from .preresnet import PreResNet
 from .registry import FAMILIES, build_family, register_family, registered_archs
 
-__all__ = ["CNN", "FAMILIES", "MLP", "FunctionalView", "ModelFamily", "ModelLayout", "ParamSpec", "Role",
-           "StackedFamily", "build_family", "build_model", "extract", "full_indices", "gather_tensor",
+__all__ = ["CNN", "FAMILIES", "MLP", "FunctionalView", "ModelFamily", "ModelLayout", "ParamSpec", "PreResNet",
+           "Role", "StackedFamily", "build_family", "build_model", "extract", "full_indices", "gather_tensor",
            "register_family", "registered_archs", "stacked_forward_of", "vmapped_forward"]
 
 register_family("mlp", MLPConfig, MLP.from_config)
 register_family("cnn", CNNConfig, CNN.from_config)
+register_family("preresnet18", PreResNetConfig, PreResNet.from_config)
 
 
 def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFamily:

@@ -20,14 +20,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import PreResNetConfig
 from .functional import normalize, scale_activation
+from .init import init_params
 from .layout import ModelLayout, ParamSpec
 
+NUM_STAGES = 4
 BLOCKS_PER_STAGE = 2
-WIDTHS = (64, 128, 256, 512)
+GROUPS_PER_STAGE = 1 + BLOCKS_PER_STAGE  # its stream and its blocks' inner groups
 
 
 @dataclass(frozen=True)
@@ -72,39 +76,43 @@ def group_widths(widths: Sequence[int]) -> list[int]:
 
 
 def preresnet_layout(in_channels: int, widths: Sequence[int], num_classes: int, norm: str) -> ModelLayout:
-    """Group sizes in group order and the parameter specs."""
+    """Group sizes in group order and the parameter specs, with their roles and fan-ins."""
     sizes = group_widths(widths)
-    specs = [ParamSpec("stem.weight", (widths[0], in_channels, 3, 3), (0, None, None, None))]
+    specs = [ParamSpec("stem.weight", (widths[0], in_channels, 3, 3), (0, None, None, None), "weight",
+                       in_channels * 9)]
 
     def norm_specs(prefix: str, group: int) -> list[ParamSpec]:
         if norm == "none":
             return []
-        return [ParamSpec(f"{prefix}.weight", (sizes[group],), (group,)),
-                ParamSpec(f"{prefix}.bias", (sizes[group],), (group,))]
+        return [ParamSpec(f"{prefix}.weight", (sizes[group],), (group,), "norm_scale"),
+                ParamSpec(f"{prefix}.bias", (sizes[group],), (group,), "norm_shift")]
 
     for b in blocks(len(widths)):
         c_in, c_mid, c_out = sizes[b.in_stream], sizes[b.inner], sizes[b.out_stream]
         specs += norm_specs(f"{b.prefix}.norm1", b.in_stream)
-        specs.append(ParamSpec(f"{b.prefix}.conv1.weight", (c_mid, c_in, 3, 3), (b.inner, b.in_stream, None, None)))
+        specs.append(ParamSpec(f"{b.prefix}.conv1.weight", (c_mid, c_in, 3, 3), (b.inner, b.in_stream, None, None),
+                               "weight", c_in * 9))
         specs += norm_specs(f"{b.prefix}.norm2", b.inner)
-        specs.append(ParamSpec(f"{b.prefix}.conv2.weight", (c_out, c_mid, 3, 3), (b.out_stream, b.inner, None, None)))
+        specs.append(ParamSpec(f"{b.prefix}.conv2.weight", (c_out, c_mid, 3, 3), (b.out_stream, b.inner, None, None),
+                               "weight", c_mid * 9))
         if b.has_shortcut_conv:
             specs.append(ParamSpec(f"{b.prefix}.shortcut.weight", (c_out, c_in, 1, 1),
-                                   (b.out_stream, b.in_stream, None, None)))
+                                   (b.out_stream, b.in_stream, None, None), "weight", c_in))
     last = blocks(len(widths))[-1].out_stream
     specs += norm_specs("final_norm", last)
-    specs.append(ParamSpec("out.weight", (num_classes, sizes[last]), (None, last)))
-    specs.append(ParamSpec("out.bias", (num_classes,), (None,)))
-    return ModelLayout(tuple(sizes), tuple(specs))
+    specs.append(ParamSpec("out.weight", (num_classes, sizes[last]), (None, last), "weight", sizes[last]))
+    specs.append(ParamSpec("out.bias", (num_classes,), (None,), "bias", sizes[last]))
+    return ModelLayout(tuple(sizes), tuple(specs), classifier=("out.weight", "out.bias"))
 
 
 def preresnet_forward(params: Mapping[str, Tensor], x: Tensor, *, num_stages: int, norm: str, norm_groups: int,
-                      scaler: bool, beta: float = 1.0, train: bool = False) -> Tensor:
-    """Logits [b, classes] of images x [b, C, H, W]."""
+                      scaler: bool, beta: float = 1.0, train: bool = False, mask: Tensor | None = None) -> Tensor:
+    """Logits [b, classes] of images x [b, C, H, W]; `mask` [b] marks the real samples of a padded
+    batch, which alone enter BatchNorm's statistics."""
     def pre_activation(h: Tensor, prefix: str) -> Tensor:
         h = scale_activation(h, beta=beta, train=train, scaler=scaler)
         return F.relu(normalize(h, norm, params.get(f"{prefix}.weight"), params.get(f"{prefix}.bias"), norm_groups,
-                                fused=not train))
+                                fused=not train, mask=mask))
 
     h = F.conv2d(x, params["stem.weight"], padding=1)
     for b in blocks(num_stages):
@@ -117,15 +125,55 @@ def preresnet_forward(params: Mapping[str, Tensor], x: Tensor, *, num_stages: in
     return F.linear(h, params["out.weight"], params["out.bias"])
 
 
-def preresnet_flops_per_sample(in_channels: int, widths: Sequence[int], num_classes: int,
+def preresnet_flops_per_sample(in_channels: int, group_sizes: Sequence[int], num_classes: int,
                                spatial: tuple[int, int]) -> int:
-    """Multiply-adds x2 of the convolutions and the classifier of one forward pass."""
-    sizes = group_widths(widths)
+    """Multiply-adds x2 of the convolutions and the classifier of one forward pass with the groups
+    at `group_sizes` channels (network order, as `group_widths` lists them)."""
+    num_stages = len(group_sizes) // GROUPS_PER_STAGE
     hgt, wid = spatial
-    total = 2 * hgt * wid * sizes[0] * in_channels * 9
-    for b in blocks(len(widths)):
+    total = 2 * hgt * wid * group_sizes[0] * in_channels * 9
+    for b in blocks(num_stages):
         if b.stride != 1:
             hgt, wid = (hgt + 1) // 2, (wid + 1) // 2
-        c_in, c_mid, c_out = sizes[b.in_stream], sizes[b.inner], sizes[b.out_stream]
+        c_in, c_mid, c_out = group_sizes[b.in_stream], group_sizes[b.inner], group_sizes[b.out_stream]
         total += 2 * hgt * wid * (c_mid * c_in * 9 + c_out * c_mid * 9 + (c_out * c_in if b.has_shortcut_conv else 0))
-    return total + 2 * sizes[blocks(len(widths))[-1].out_stream] * num_classes
+    return total + 2 * group_sizes[blocks(num_stages)[-1].out_stream] * num_classes
+
+
+class PreResNet:
+    """The PreResNet-18 family (`model.arch = "preresnet18"`): four stages of stage widths
+    `widths`, each group's channels as `group_widths(widths)` lists them."""
+
+    arch = "preresnet18"
+
+    def __init__(self, in_channels: int, widths: Sequence[int], num_classes: int, *, norm: str = "bn",
+                 norm_groups: int = 4, scaler: bool = True) -> None:
+        if len(widths) != NUM_STAGES:
+            raise ValueError(f"model.widths: PreResNet-18 has {NUM_STAGES} stages, got {len(widths)} widths")
+        self.in_channels, self.widths, self.num_classes = in_channels, list(widths), num_classes
+        self.norm, self.norm_groups, self.scaler = norm, norm_groups, scaler
+        self.layout = preresnet_layout(in_channels, widths, num_classes, norm)
+
+    @classmethod
+    def from_config(cls, cfg: PreResNetConfig, input_shape: tuple[int, ...], num_classes: int) -> PreResNet:
+        if len(input_shape) != 3:
+            raise ValueError(f"model.arch: PreResNet-18 needs (channels, height, width) inputs, got {input_shape}")
+        return cls(input_shape[0], cfg.widths, num_classes, norm=cfg.norm, norm_groups=cfg.norm_groups,
+                   scaler=cfg.scaler)
+
+    @property
+    def batch_coupled(self) -> bool:
+        return self.norm == "bn"
+
+    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
+        return init_params(self.layout, generator)
+
+    def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
+                mask: Tensor | None = None) -> Tensor:
+        return preresnet_forward(params, x, num_stages=len(self.widths), norm=self.norm, norm_groups=self.norm_groups,
+                                 scaler=self.scaler, beta=beta, train=train, mask=mask)
+
+    def flops_per_sample(self, widths: Sequence[int], input_shape: tuple[int, ...]) -> int:
+        """`widths`: the channels of every group (network order), as for every family."""
+        hgt, wid = input_shape[-2:]
+        return preresnet_flops_per_sample(self.in_channels, widths, self.num_classes, (hgt, wid))
