@@ -1,19 +1,21 @@
-"""Small aggregation rounds for the backend tests: real plans of every method on MLP and CNN layouts,
-mixed widths, optional label masks and zero weights."""
+"""Small aggregation rounds for the backend tests: real plans of every method on MLP, CNN and
+PreResNet-18 layouts (FedBRB with the layout's shear), mixed widths, optional label masks and zero weights."""
 
 from __future__ import annotations
 
 import torch
 
 from fedbrb_fast.aggregation import ClientBatch, ClientUpdate
-from fedbrb_fast.models import CNN, MLP, extract
-from fedbrb_fast.plans import make_round_plans
+from fedbrb_fast.models import CNN, MLP, PreResNet, extract
+from fedbrb_fast.plans import make_round_plans, shear_coefficients
 
 WIDTHS = (0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0, 0.25)
 NUM_BLOCKS = 4
 
 
 def model(arch: str):
+    if arch == "preresnet18":
+        return PreResNet(2, [4, 8, 8, 4], 5, norm="bn")
     return MLP(6, [8, 12], 5, norm="bn") if arch == "mlp" else CNN(2, [4, 8], 5, norm="bn")
 
 
@@ -25,15 +27,15 @@ def make_round(arch: str, method: str, *, seed: int = 0, label_mask: bool = Fals
     params = {s.name: torch.randn(s.shape, generator=g) for s in layout.params}
     clients = list(range(10, 10 + len(widths)))
     plans = make_round_plans(method, round_idx, clients, list(widths), group_sizes=layout.group_sizes,
-                             num_blocks=NUM_BLOCKS, seed=seed)
-    classes = layout.spec("out.bias").shape[0]
+                             num_blocks=NUM_BLOCKS, seed=seed, shear=shear_coefficients(layout))
+    classes = layout.num_classes
     updates = []
     for j, plan in enumerate(plans):
         sub = extract(params, layout, plan.indices)
         masks = {}
         if label_mask:
             rows = (torch.rand(classes, generator=g) > 0.4).float()
-            masks = {"out.weight": rows.unsqueeze(1), "out.bias": rows}
+            masks = {name: rows.view(-1, *([1] * (len(layout.spec(name).shape) - 1))) for name in layout.classifier}
         weight = 0.0 if zero_weight and j == 1 else float(torch.randint(1, 50, (1,), generator=g))
         updates.append(ClientUpdate(plan.client, weight, plan.indices,
                                     {n: t + 0.1 * torch.randn(t.shape, generator=g) for n, t in sub.items()}, masks))

@@ -23,7 +23,7 @@ RULES = {
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", pytest.param("preresnet18", marks=pytest.mark.slow)])
 def test_backend_matches_reference(arch, method, rule, backend):
     layout, params, updates = make_round(arch, method, label_mask=method == "fedrolex", zero_weight=method == "fd")
     expected = aggregate(params, layout, updates, RULES[rule])
@@ -34,8 +34,9 @@ def test_backend_matches_reference(arch, method, rule, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["fedbrb", "fd"])
-def test_stacked_batches_match_reference(method, backend):
-    layout, params, updates = make_round("cnn", method, label_mask=True)
+@pytest.mark.parametrize("arch", ["cnn", pytest.param("preresnet18", marks=pytest.mark.slow)])
+def test_stacked_batches_match_reference(arch, method, backend):
+    layout, params, updates = make_round(arch, method, label_mask=True)
     rule = RULES["lam0.3"]
     got = aggregate(params, layout, batched(updates), rule, backend=backend)
     expected = aggregate(params, layout, updates, rule)

@@ -70,7 +70,11 @@ def comparable(rows):
 
 
 @pytest.mark.slow  # three runs
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, crash_in_round):
+@pytest.mark.parametrize("model", [None, {"arch": "preresnet18", "widths": [4, 4, 4, 4], "norm": "bn"}],
+                         ids=["mlp", "preresnet18"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_cfg_dict, crash_in_round, model):
+    if model is not None:  # a non-chain layout, two clients a round
+        tiny_cfg_dict = {**tiny_cfg_dict, "model": model, "clients": {**tiny_cfg_dict["clients"], "per_round": 2}}
     full = run_experiment(config_from_dict(cfg_dict(tiny_cfg_dict, tmp_path / "full", rounds=5)))
     raw = cfg_dict(tiny_cfg_dict, tmp_path / "crash", rounds=5)
     raw["checkpoint"] = {"every": 2}

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from fedbrb_fast.aggregation import ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.integrations.flower import FedBRB, FedRolex, HeteroFL, PlanRecord
 from fedbrb_fast.integrations.flower.node_numbering import NodeNumbering
-from fedbrb_fast.models import MLP, extract
-from fedbrb_fast.plans import make_round_plans, sample_clients
+from fedbrb_fast.models import MLP, PreResNet, extract
+from fedbrb_fast.plans import make_round_plans, sample_clients, shear_coefficients
 
 pytestmark = pytest.mark.usefixtures(task_identity.__name__)
 
@@ -55,9 +55,14 @@ class NodesGrid(Grid):
         raise NotImplementedError
 
 
+MODELS = {"mlp": lambda: MLP(20, [16, 8], 5, norm="bn"), "preresnet18": lambda: PreResNet(2, [4, 8, 8, 4], 5)}
+ARCHS = ["mlp", pytest.param("preresnet18", marks=pytest.mark.slow)]  # with `indirect=["model"]`
+
+
 @pytest.fixture
-def model():
-    return MLP(20, [16, 8], 5, norm="bn")
+def model(request):
+    """The MLP, or the family a test names through indirect parametrization."""
+    return MODELS[getattr(request, "param", "mlp")]()
 
 
 @pytest.fixture
@@ -109,6 +114,7 @@ def assert_params_close(record, expected):
 
 
 # -- what the server sends ------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ARCHS, indirect=True)
 @pytest.mark.parametrize("method", sorted(STRATEGIES))
 def test_configure_train_sends_each_node_its_sub_model_and_plan(method, model, global_params):
     strategy = make_strategy(method, model)
@@ -118,7 +124,8 @@ def test_configure_train_sends_each_node_its_sub_model_and_plan(method, model, g
     chosen = [nodes[i] for i in sample_clients(2, len(nodes), 6, seed=0)]  # int(8 * 0.75) = 6
     assert [m.metadata.dst_node_id for m in messages] == chosen
     plans = make_round_plans(method, 2, [nodes.index(n) for n in chosen], [mixed_width(n) for n in chosen],
-                             group_sizes=model.layout.group_sizes, num_blocks=4, seed=0)
+                             group_sizes=model.layout.group_sizes, num_blocks=4, seed=0,
+                             shear=shear_coefficients(model.layout))
     for msg, plan in zip(messages, plans, strict=True):
         assert msg.metadata.message_type == MessageType.TRAIN
         config = msg.content["config"]
@@ -143,6 +150,7 @@ def test_sampling_honours_the_minimum_and_the_round(model, global_params):
 
 
 # -- aggregation equals the project's ---------------------------------------------------------------
+@pytest.mark.parametrize("model", ARCHS, indirect=True)
 @pytest.mark.parametrize("method", sorted(STRATEGIES))
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_aggregate_train_equals_project_aggregation(method, backend, model, global_params):

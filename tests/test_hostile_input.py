@@ -14,21 +14,29 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from fedbrb_fast.aggregation import AggregationError, AggregationRule, ClientUpdate, aggregate
-from fedbrb_fast.config import ConfigError, ExperimentConfig, config_from_dict, default_config_text, load_config
+from fedbrb_fast.config import (
+    MODEL_CONFIGS,
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    default_config_text,
+    load_config,
+)
 from fedbrb_fast.models.layout import ModelLayout, ParamSpec
 
 pytestmark = pytest.mark.slow  # several hundred examples per property
 
 SECTIONS = {
     "data": ["dataset", "partition", "dirichlet_alpha", "shards_per_client", "test_fraction", "root"],
-    "model": ["arch", "hidden", "scale", "norm", "norm_groups", "scaler"],
+    "model": ["arch", "hidden", "scale", "widths", "norm", "norm_groups", "scaler"],
     "clients": ["num_clients", "per_round", "widths", "proportions", "weighting", "label_mask"],
     "method": ["name", "schedule", "lam", "lam_schedule", "lam_end"],
     "train": ["engine", "local_epochs", "batch_size", "lr", "momentum", "weight_decay", "clip_norm", "lr_milestones"],
     "faults": ["dropout", "corrupt", "corrupt_kind", "max_update_norm"],
 }
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["1/8", "1/3", "0/0", "fedbrb", "bn", "cnn", "iid"]))
+                    st.text(max_size=12),
+                    st.sampled_from(["1/8", "1/3", "0/0", "fedbrb", "bn", "cnn", "preresnet18", "iid"]))
 values = st.one_of(scalars, st.lists(scalars, max_size=4))
 
 
@@ -81,20 +89,31 @@ def within(field: str, path: str) -> bool:
     return field == path or field.startswith(path + ".") or path.startswith(field + ".")
 
 
-def assert_names_the_problems(msg: str, given: set[str]) -> None:
+def family_fields(raw: dict[str, Any]) -> set[str]:
+    """CONFIG_FIELDS as the config's [model] family sees them (all families' where its arch is unknown)."""
+    model = raw.get("model")
+    arch = str(model.get("arch", "mlp")) if isinstance(model, dict) else None
+    family = next((c for c in MODEL_CONFIGS if c.model_fields["arch"].default == arch), None)
+    if family is None:
+        return CONFIG_FIELDS
+    return {f for f in CONFIG_FIELDS if not f.startswith("model.")} | {f"model.{k}" for k in family.model_fields}
+
+
+def assert_names_the_problems(msg: str, given: set[str], fields: set[str]) -> None:
     """Every problem names a field: one of the `given` key paths (its unknown keys, each reported,
-    or its invalid values), or, for a cross-field check (a message of one line), any config field."""
+    or its invalid values), or, for a cross-field check (a message of one line), any config field.
+    `fields`: the keys this config may set (its model family's)."""
     lines = named_problems(msg)
     for line in lines:
         for field, reason in line:
             if reason == "unknown key":
-                assert field in given and field not in CONFIG_FIELDS, (field, msg)
+                assert field in given and field not in fields, (field, msg)
             elif len(lines) > 1 or not any(within(field, p) for p in CONFIG_FIELDS):
                 assert any(within(field, p) for p in given) and any(within(field, f) for f in CONFIG_FIELDS), (field,
                                                                                                             msg)
             else:  # a cross-field check names a field, given or not
                 assert field in CONFIG_FIELDS, (field, msg)
-    unknown = {p for p in given if p not in CONFIG_FIELDS and p.split(".")[0] in SECTIONS.keys() | {"unknown_top"}}
+    unknown = {p for p in given if p not in fields and p.split(".")[0] in SECTIONS.keys() | {"unknown_top"}}
     reported = {field for line in lines for field, reason in line if reason == "unknown key"}
     assert reported == unknown, msg
 
@@ -107,7 +126,7 @@ def test_config_parser_accepts_or_names_the_problem(raw):
     try:
         cfg = config_from_dict(raw)
     except ConfigError as exc:
-        assert_names_the_problems(str(exc), given_paths)
+        assert_names_the_problems(str(exc), given_paths, family_fields(raw))
     else:
         assert isinstance(cfg, ExperimentConfig)
         assert not any(p not in CONFIG_FIELDS for p in given_paths)  # an unknown key is never accepted
