@@ -13,6 +13,7 @@ normalization), so no activation is divided. Batches with padding take the maske
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import BN_EPS, norm_affine
-from .stacked import LinearLayer, StackedLinear, grouped_normalize, plain_linear
+from .stacked import LinearLayer, StackedLinear, plain_linear, stacked_normalize
 
 LINEARS = {"out": LinearLayer("out.weight", "out.bias")}
 
@@ -46,17 +47,24 @@ def grouped_conv(h: Tensor, weight: Tensor, clients: int, *, stride: int = 1, pa
 
 def scaled_norm(h: Tensor, clients: int, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int,
                 mask: Tensor, *, scale: float | None, full_batches: bool) -> Tensor:
-    """norm(h * scale) of clients side by side in the channels (`scale` None: no scaler)."""
+    """norm(h * scale) of clients side by side in the channels, h [b, n*C, H, W] (`scale` None: no
+    scaler). The native kernels run where every statistic spans more than one value and, for
+    BatchNorm, no sample is padding; otherwise the written-out (masked) norm of models/stacked.py,
+    which outputs a norm over one value as exactly its shift, as the reference does (the fused
+    kernels round it, and ReLU's kink then decides the gradient differently)."""
     if kind == "none":
         return h if scale is None else h * scale
     weight, bias = norm_affine(kind, weight, bias)
     eps = BN_EPS / (scale * scale) if scale is not None else BN_EPS
-    if kind == "gn":
+    spatial = math.prod(h.shape[2:])
+    if kind == "gn" and h.shape[1] // (clients * groups) * spatial > 1:
         return F.group_norm(h, clients * groups, weight.reshape(-1), bias.reshape(-1), eps=eps)
-    if full_batches and h.numel() > h.shape[1]:
+    if kind == "bn" and full_batches and h.shape[0] * spatial > 1:
         return F.batch_norm(h, None, None, weight.reshape(-1), bias.reshape(-1), training=True, eps=eps)
     scaled = h if scale is None else h * scale
-    return grouped_normalize(scaled, clients, kind, weight, bias, groups, mask, full_batches=False)
+    per_client = scaled.reshape(h.shape[0], clients, -1, *h.shape[2:]).transpose(0, 1)
+    out = stacked_normalize(per_client, kind, weight, bias, groups, mask).transpose(0, 1).reshape(h.shape)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def preresnet_forward_stacked(params: Mapping[str, Tensor], x: Tensor, mask: Tensor, blocks: Sequence[ResidualBlock],
