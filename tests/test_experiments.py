@@ -3,9 +3,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 import torch
+from test_data_files import make_cifar10
 from typer.testing import CliRunner
 
 import fedbrb_fast.engines.simulation as simulation_module
@@ -388,3 +390,26 @@ def test_reading_is_computed_from_the_numbers():
     assert standing[1] == "It is not ahead in 1 of 3: noisy (fd 85.0% vs 80.5%, -4.5 pts, beyond one std)."
     lam = lam_effect(summary)
     assert lam[1] == "fedbrb vs lam0: mean difference +1.2 pts; higher in 2 of 3 scenarios, beyond one std in 2."
+
+
+@pytest.mark.slow  # a whole suite
+def test_quick_preresnet18_suites_on_mnist5k_and_on_cifar10_files(tmp_path):
+    """The PreResNet-18 suites run through the CLI: MNIST-5k as shipped, CIFAR-10 from binary files the
+    test writes (the suite's data.root pointed at them); the coverage replay covers every tensor."""
+    cifar = tmp_path / "cifar"
+    make_cifar10(cifar / "cifar-10-batches-bin", np.random.default_rng(0), per_batch=600, n_test=50)
+    suite = (EXAMPLES / "cifar10_preresnet18.toml").read_text()
+    assert 'root = "data"' in suite
+    (tmp_path / "cifar10_preresnet18.toml").write_text(suite.replace('root = "data"', f'root = "{cifar}"'))
+    for path, name, n_test in ((EXAMPLES / "mnist5k_preresnet18.toml", "mnist5k_preresnet18", 250),
+                               (tmp_path / "cifar10_preresnet18.toml", "cifar10_preresnet18", 50)):
+        res = cli.invoke(app, ["suite", str(path), "--quick", "--out", str(tmp_path / "runs")])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        assert [s["name"] for s in summary["scenarios"]] == ["dir0.3_w8", "dir0.3_mix"]
+        assert {s["setup"]["arch"] for s in summary["scenarios"]} == {"preresnet18"}
+        notes = summary["coverage"]["notes"]
+        assert notes["fedavg"] == [] and notes["heterofl"]  # one round of two clients: heterofl's first blocks only
+        rows = read_metrics(tmp_path / "runs" / name / "dir0.3_w8" / "fedbrb" / "seed0" / "metrics.jsonl")
+        assert len(rows) == 1 and rows[0]["accuracy"] is not None
+        assert round(rows[0]["accuracy"] * n_test) == pytest.approx(rows[0]["accuracy"] * n_test)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbrb_fast.config import config_from_dict
+from fedbrb_fast.models import build_model
 from fedbrb_fast.models.preresnet import PreResNet as PreResNetFamily
 from fedbrb_fast.models.preresnet import blocks, group_widths, preresnet_forward, preresnet_layout
 
@@ -124,3 +126,17 @@ def test_flops_per_sample_counts_every_convolution():
     module(torch.randn(1, 3, *spatial))
     family = PreResNetFamily(3, widths, 10)
     assert family.flops_per_sample(group_widths(widths), (3, *spatial)) == sum(counted)
+
+
+def test_built_from_its_config_section_and_refusing_vector_inputs():
+    cfg = config_from_dict({"model": {"arch": "preresnet18", "widths": [16, 32, 64, 128]},
+                            "clients": {"widths": ["1/8"]}})
+    model = build_model(cfg, (1, 28, 28), 10)  # MNIST-5k, the default data
+    assert isinstance(model, PreResNetFamily) and model.batch_coupled and model.in_channels == 1
+    assert list(model.layout.group_sizes) == cfg.model.group_sizes
+    assert model.forward(model.init(torch.Generator().manual_seed(0)), torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    small = build_model(cfg.model_copy(update={"method": cfg.method.model_copy(update={"name": "fedavg_small"})}),
+                        (1, 28, 28), 10)
+    assert small.layout.group_sizes == (2,) * 3 + (4,) * 3 + (8,) * 3 + (16,) * 3  # fedavg_small: K = 8 narrower
+    with pytest.raises(ValueError, match=r"model.arch: PreResNet-18 needs \(channels, height, width\) inputs"):
+        build_model(cfg, (784,), 10)

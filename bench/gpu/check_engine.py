@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from harness import Context, Recorder, poison_allocator, relative_error
 
-from fedbrb_fast.config import config_from_dict
+from fedbrb_fast.config import MODEL_CONFIGS, config_from_dict
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import Simulation
 from fedbrb_fast.engines.simulation import RoundRecord, build_federated_data
@@ -28,6 +28,13 @@ def model_families() -> tuple[str, ...]:
     return registered_archs()
 
 
+def model_section(arch: str, big: bool) -> dict[str, Any]:
+    """The family's default [model] section 4 (8 in a dry run) times narrower, with static BatchNorm."""
+    family = next(c for c in MODEL_CONFIGS if c.model_fields["arch"].default == arch)
+    defaults = family.model_validate({"arch": arch})
+    return {**defaults.narrowed(4 if big else 8).model_dump(exclude_none=True), "norm": "bn"}
+
+
 def config(arch: str, method: str, seed: int, big: bool, **train: Any) -> dict[str, Any]:
     """MNIST-5k (28x28; sklearn's 8x8 digits in a dry run), 100 clients of about 40 samples, a
     few local steps: long local training in float32 amplifies rounding differences chaotically (a
@@ -35,7 +42,7 @@ def config(arch: str, method: str, seed: int, big: bool, **train: Any) -> dict[s
     return {
         "name": "gpu-check", "seed": seed, "rounds": ROUNDS,
         "data": {"dataset": "mnist5k" if big else "digits", "partition": "dirichlet", "dirichlet_alpha": 0.5},
-        "model": {"arch": arch, "norm": "bn", **model_size(arch, big)},
+        "model": model_section(arch, big),
         "clients": {"num_clients": 100, "per_round": 20 if big else 4, "widths": ["1/4", "1/2"], "proportions": [1, 1]},
         "method": {"name": method, "lam": 0.5},
         "train": {"local_epochs": 1, "batch_size": 20, "lr": 0.02, **train},
@@ -43,13 +50,6 @@ def config(arch: str, method: str, seed: int, big: bool, **train: Any) -> dict[s
         # a dry run spares the numba backend's first-call compilation (seconds of CPU)
         "aggregation": {"backend": "auto" if big else "torch"},
     }
-
-
-def model_size(arch: str, big: bool) -> dict[str, Any]:
-    """A quarter (an eighth in a dry run) of each family's default widths."""
-    if arch == "preresnet18":
-        return {"widths": [w // (4 if big else 8) for w in (64, 128, 256, 512)]}
-    return {"scale": 0.25 if big else 0.125}
 
 
 def run(raw: dict[str, Any], data: FederatedData) -> tuple[list[RoundRecord], dict[str, torch.Tensor]]:
