@@ -7,8 +7,8 @@ channels (two passes forward and two backward instead of the written-out norm's 
 
 The scaler before a norm is folded into the norm's epsilon: for a scalar beta,
 norm(h / beta) = (h - mean) / sqrt(var + eps * beta^2) exactly (the scale cancels in the
-normalization), so no activation is divided. Batches with padding take the masked statistics
-(models/stacked.py) on explicitly scaled activations.
+normalization), so no activation is divided. Batches with padding, and norms over a single value,
+take the written-out masked statistics (models/stacked.py) on explicitly scaled activations.
 """
 
 from __future__ import annotations
