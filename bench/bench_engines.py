@@ -9,8 +9,10 @@
         --scaling-case preresnet --scaling 50,200   # PreResNet-18: its row, the vmapped path, peak RSS
 
 Cases and contenders: bench/engine_cases.py (real MNIST-5k and Synthetic data; fedbrb, fedrolex,
-heterofl; `--contenders ...,vmapped` adds the batched engine on the functional forward alone, the
-path of a family without a hand-written stacked forward). Every table entry runs in a fresh
+heterofl; `stacked` is the batched engine with train.cpu_trainer = "stacked", every model step-major
+in batched torch ops, where `batched` trains ReLU chains client-major in the numba kernel;
+`--contenders ...,vmapped` adds the batched engine on the functional forward alone, the path of a
+family without a hand-written stacked forward). Every table entry runs in a fresh
 process holding all contenders, timed interleaved (plain, reference, batched, plain, ...) for
 `--repeats` rounds after one warm-up each; best and median are reported, ratios use the best. The
 plain loop and the reference engine are timed on at most `--max-timed` clients and scaled linearly
@@ -68,7 +70,7 @@ def measure_entry(case_name: str, clients: int, methods: list[str], contenders: 
     rows = []
     for method in methods:
         before = measure_speed()
-        timed = {name: min(clients, max_timed) if name not in ("batched", "vmapped") else clients
+        timed = {name: min(clients, max_timed) if name not in ("batched", "stacked", "vmapped") else clients
                  for name in contenders}
         runs = {name: contender(name, case, method, range(timed[name]), max_clients_per_step=max_clients_per_step)
                 for name in contenders}
@@ -79,15 +81,16 @@ def measure_entry(case_name: str, clients: int, methods: list[str], contenders: 
                                "contenders": {n: timing_row(n, times[n], timed[n], clients) for n in contenders}}
         c = row["contenders"]
         for a, b in (("batched", "plain"), ("batched", "reference"), ("reference", "plain"),
-                     ("batched", "vmapped")):
+                     ("batched", "stacked"), ("batched", "vmapped")):
             if a in c and b in c:
                 row[f"{a}_vs_{b}"] = c[b]["best_s"] / c[a]["best_s"]
-        if "batched" in c:
-            train = c["batched"]["phases_s"].get("train", 0.0) + c["batched"]["phases_s"].get("gather", 0.0)
-            gflop = case.training_gflop(range(clients))
-            row["training_gflop"] = gflop
-            row["batched_train_gflops"] = gflop / train if train else None
-            row["batched_train_of_peak"] = gflop / train / before.matmul_gflops if train else None
+        gflop = case.training_gflop(range(clients))
+        row["training_gflop"] = gflop
+        for name in ("batched", "stacked"):
+            if name in c:
+                train = c[name]["phases_s"].get("train", 0.0) + c[name]["phases_s"].get("gather", 0.0)
+                row[f"{name}_train_gflops"] = gflop / train if train else None
+                row[f"{name}_train_of_peak"] = gflop / train / before.matmul_gflops if train else None
         rows.append(row)
     return rows
 
@@ -141,7 +144,7 @@ def in_fresh_process(fn: Any, *args: Any) -> Any:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'case':9} {'clients':>7} {'method':8} {'plain s':>8} {'ref s':>8} {'batched s':>9} {'vs plain':>8} "
-          f"{'vs ref':>7} {'vs vmap':>7} {'train of peak':>13} {'drift':>6}")
+          f"{'vs ref':>7} {'vs stack':>8} {'vs vmap':>7} {'train of peak':>13} {'drift':>6}")
     for r in rows:
         c = r["contenders"]
 
@@ -151,10 +154,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ratio = f"{r['batched_vs_plain']:.1f}x" if "batched_vs_plain" in r else "-"
         vs_ref = f"{r['batched_vs_reference']:.1f}x" if "batched_vs_reference" in r else "-"
         vs_vmap = f"{r['batched_vs_vmapped']:.1f}x" if "batched_vs_vmapped" in r else "-"
+        vs_stack = f"{r['batched_vs_stacked']:.2f}x" if "batched_vs_stacked" in r else "-"
         peak = f"{100 * r['batched_train_of_peak']:.0f}%" if r.get("batched_train_of_peak") else "-"
         flag = " NOISY" if r["noise"]["noisy"] else ""
         print(f"{r['case']:9} {r['clients']:7d} {r['method']:8} {best('plain'):>8} {best('reference'):>8} "
-              f"{best('batched'):>9} {ratio:>8} {vs_ref:>7} {vs_vmap:>7} {peak:>13} "
+              f"{best('batched'):>9} {ratio:>8} {vs_ref:>7} {vs_stack:>8} {vs_vmap:>7} {peak:>13} "
               f"{100 * r['noise']['drift']:5.0f}%{flag}")
 
 
@@ -179,12 +183,14 @@ def markdown(result: dict[str, Any]) -> str:
 
     rows, rows_left = quiet(result["rows"])
     lines = ["| case | clients | method | plain s | reference s | batched s | batched vs plain | vs reference "
-             "| training, % of matmul peak | drift |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vs step-major | training, % of matmul peak | drift |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         c, peak = r["contenders"], r.get("batched_train_of_peak")
+        vs_stack = f"{r['batched_vs_stacked']:.2f}x" if "batched_vs_stacked" in r else "-"
         lines.append(f"| {r['case']} | {r['clients']} | {r['method']} | {c['plain']['best_s']:.3f} "
                      f"| {c['reference']['best_s']:.3f} | {c['batched']['best_s']:.3f} | "
-                     f"**{r['batched_vs_plain']:.1f}x** | {r['batched_vs_reference']:.1f}x | "
+                     f"**{r['batched_vs_plain']:.1f}x** | {r['batched_vs_reference']:.1f}x | {vs_stack} | "
                      f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% |")
     text = "\n".join(lines) + rows_left
     points, points_left = quiet(result.get("scaling", []))
@@ -204,8 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, help="write the results as JSON here (atomically)")
     ap.add_argument("--table", default=TABLE, help="case:clients entries, comma-separated ('' for none)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--contenders", default="plain,reference,batched",
-                    help=f"of {', '.join(CONTENDERS)} (vmapped: the batched engine without the stacked forward)")
+    ap.add_argument("--contenders", default="plain,reference,batched,stacked",
+                    help=f"of {', '.join(CONTENDERS)} (stacked: the batched engine without the client-major "
+                    "kernel; vmapped: without the stacked forward)")
     ap.add_argument("--scaling", default=SCALING, help="clients per round of the scaling curve")
     ap.add_argument("--scaling-case", default="mlp", help="the case of the scaling curve")
     ap.add_argument("--no-scaling", action="store_true")

@@ -15,6 +15,7 @@ Contenders, each a callable running one whole round and returning its phase seco
   plain      bench/plain_loop.py (nn.Module per client, torch.optim.SGD, meshgrid-scatter aggregation)
   reference  the project's ReferenceEngine, aggregated with backend "auto" as the simulation runs it
   batched    the project's BatchedEngine, its chunks aggregated (backend "auto") as they are trained
+  stacked    the same with train.cpu_trainer = "stacked" (no client-major kernel)
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from fedbrb_fast.training import LocalTraining
 
 CASES = ("mlp", "cnn", "synthetic", "preresnet")
 METHODS = ("fedbrb", "fedrolex", "heterofl")
+# stacked: the batched engine with every model trained step-major in batched torch ops
+# (train.cpu_trainer = "stacked"; "batched" trains ReLU chains client-major where numba is installed).
 # vmapped: the batched engine on the functional forward alone (models.FunctionalView), the path a
 # family without a hand-written stacked forward takes.
-CONTENDERS = ("plain", "reference", "batched", "vmapped")
+CONTENDERS = ("plain", "reference", "batched", "stacked", "vmapped")
 SAMPLES_PER_CLIENT = 40  # MNIST-5k: 4,000 training digits over 100 clients
 ROUND = 1  # FedRolex's window starts at channel 1, FedBRB's roll counters at M
 LAM = 0.5
@@ -138,11 +141,12 @@ def contender(name: str, case: EngineCase, method: str, clients: Sequence[int], 
             plain_round(case.model, params, case.data, plans, case.hp, rule, seed=SEED, round_idx=ROUND)
             return {}
         return run_plain
-    if name not in ("reference", "batched", "vmapped"):
+    if name not in ("reference", "batched", "stacked", "vmapped"):
         raise ValueError(f"unknown contender {name!r}; expected one of {CONTENDERS}")
     if name == "reference" and device != "cpu":
         raise ValueError(f"the reference engine runs on the CPU only, not on {device!r}")
-    engine = ReferenceEngine() if name == "reference" else BatchedEngine(max_clients_per_step, device=device)
+    engine = ReferenceEngine() if name == "reference" else BatchedEngine(
+        max_clients_per_step, device=device, cpu_trainer="stacked" if name == "stacked" else "auto")
     if name == "vmapped":
         ctx = replace(ctx, model=FunctionalView(case.model))
 

@@ -31,10 +31,12 @@ def setup(arch, clients, samples=50):
 
 
 @pytest.mark.parametrize("arch,clients", [("mlp", 100), ("cnn", 20)])
-@pytest.mark.parametrize("engine", ["reference", "batched"])
+@pytest.mark.parametrize("engine", ["reference", "batched", "stacked"])
 def test_round_training(benchmark, arch, clients, engine):
+    """stacked: the batched engine without the client-major kernel (train.cpu_trainer)."""
     ctx, plans, params = setup(arch, clients)
-    eng = ReferenceEngine() if engine == "reference" else BatchedEngine()
+    eng = ReferenceEngine() if engine == "reference" else BatchedEngine(
+        cpu_trainer="stacked" if engine == "stacked" else "auto")
     benchmark.group = f"train {arch} x{clients}"
     benchmark.extra_info["clients"] = clients
     benchmark.pedantic(eng.train_round, args=(ctx, plans, params, PhaseTimer()), rounds=3, warmup_rounds=1)

@@ -212,6 +212,9 @@ class TrainConfig(_Section):
     device: Literal["cpu", "cuda"] = Field("cpu", description="batched engine: where clients train")
     linear_backend: Literal["torch", "triton"] = Field("torch", description="batched engine: linear layers via torch "
                                                        "(fused/implicit updates) or the Triton grouped GEMM (CUDA)")
+    cpu_trainer: Literal["auto", "stacked"] = Field(
+        "auto", description="batched engine on the CPU: 'auto' trains ReLU chains (MLP without norm) client by client "
+        "in a numba kernel when numba is installed; 'stacked': every model step by step in batched torch ops")
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.05, gt=0)

@@ -16,6 +16,7 @@ DISTRIBUTION = "fedbrb-fast"
 # top-level module -> the extra that installs it
 EXTRAS = {
     "numba": "numba",
+    "scipy": "numba",
     "triton": "triton",
     "nvtx": "nvtx",
     "flwr": "flower",

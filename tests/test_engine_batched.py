@@ -43,7 +43,7 @@ def model_and_data(arch, norm):
 
 
 def run_both(model, data, method, *, label_mask=False, clip=None, widths=(0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0),
-             max_clients=256, epochs=2, seed=5, momentum=0.9):
+             max_clients=256, epochs=2, seed=5, momentum=0.9, cpu_trainer="auto"):
     params = model.init(torch.Generator().manual_seed(seed))
     clients = list(range(len(SIZES)))
     plans = make_round_plans(method, 1, clients, list(widths), group_sizes=model.layout.group_sizes, num_blocks=4,
@@ -52,7 +52,7 @@ def run_both(model, data, method, *, label_mask=False, clip=None, widths=(0.25, 
                        local=LocalTraining(epochs, 8, 0.05, momentum, 5e-4, clip), weighting="samples",
                        label_masking=label_mask)
     ref = ReferenceEngine().train_round(ctx, plans, params, PhaseTimer())
-    bat = BatchedEngine(max_clients).train_round(ctx, plans, params, PhaseTimer())
+    bat = BatchedEngine(max_clients, cpu_trainer=cpu_trainer).train_round(ctx, plans, params, PhaseTimer())
     return params, ref, bat
 
 
@@ -89,13 +89,15 @@ def dtype(request):
 
 
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
-@pytest.mark.parametrize("arch,norm", [("mlp", "none"), ("mlp", "bn"), ("mlp", "gn"),
-                                       ("mlp_wide", "none"), ("mlp_wide", "bn"), ("mlp_wide", "gn"),
-                                       *(pytest.param("cnn", norm, marks=pytest.mark.slow)
-                                         for norm in ("none", "bn", "gn"))])
-def test_per_client_training_and_aggregate_match_reference(method, arch, norm, dtype):
+@pytest.mark.parametrize("arch,norm,trainer", [
+    # ReLU chains (no norm) train client-major by default; "stacked" keeps them on the step-major path.
+    ("mlp", "none", "auto"), ("mlp", "none", "stacked"), ("mlp", "bn", "auto"), ("mlp", "gn", "auto"),
+    ("mlp_wide", "none", "auto"), ("mlp_wide", "none", "stacked"), ("mlp_wide", "bn", "auto"),
+    ("mlp_wide", "gn", "auto"),
+    *(pytest.param("cnn", norm, "auto", marks=pytest.mark.slow) for norm in ("none", "bn", "gn"))])
+def test_per_client_training_and_aggregate_match_reference(method, arch, norm, trainer, dtype):
     model, data = model_and_data(arch, norm)
-    params, ref, bat = run_both(model, data, method)
+    params, ref, bat = run_both(model, data, method, cpu_trainer=trainer)
     assert all(p.dtype == dtype for p in params.values())
     atol, rtol = (5e-5, 1e-4) if dtype == torch.float32 else (1e-9, 1e-9)
     assert_same_clients(ref, bat, atol=atol, rtol=rtol)

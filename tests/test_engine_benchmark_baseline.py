@@ -87,7 +87,8 @@ def test_benchmark_script_runs_and_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     row = saved["rows"][0]
-    assert set(row["contenders"]) == {"plain", "reference", "batched"}
+    assert set(row["contenders"]) == {"plain", "reference", "batched", "stacked"}
+    assert row["batched_vs_stacked"] > 0
     assert row["batched_vs_plain"] > 0 and "noisy" in row["noise"]
     point = saved["scaling"][0]
     assert point["clients"] == 4 and point["peak_rss_mb"] >= point["setup_rss_mb"] > 0
@@ -98,7 +99,7 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
 
     timing = {"best_s": 2.0}
     row = {"case": "mlp", "clients": 100, "method": "fedbrb", "batched_vs_plain": 16.25, "batched_vs_reference": 9.5,
-           "batched_train_of_peak": 0.375, "noise": {"drift": 0.06},
+           "batched_vs_stacked": 1.625, "batched_train_of_peak": 0.375, "noise": {"drift": 0.06},
            "contenders": {"plain": timing, "reference": timing, "batched": {"best_s": 0.123}}}
     point = {"clients": 10000, "seconds_per_round": 7.2, "client_updates_per_s": 1389.0,
              "plain_seconds_per_round": 108.9, "batched_vs_plain": 15.2, "peak_rss_mb": 803.4, "noise": {"drift": 0.1}}
@@ -113,7 +114,7 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
     assert [lines[i] for i in captions] == ["Scaling curve, mlp case (fedrolex):",
                                             "Scaling curve, preresnet case (fedrolex):"]
     assert lines[captions[1] + 4] == "| 200 | 7.200 | 1389 | 108.90 | **15.2x** | 700 | 10% |"
-    assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 38% | 6% |" in lines
+    assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 1.62x | 38% | 6% |" in lines
     assert sum(line.startswith("| mlp | 100 |") for line in lines) == 2  # the noisy row is not a result
     assert "| 10,000 | 7.200 | 1389 | 108.90 | **15.2x** | 803 | 10% |" in lines
     assert not any(line.startswith("| 100 |") for line in lines)

@@ -124,3 +124,12 @@ def test_triton_parts_need_the_triton_extra(monkeypatch):
     assert BatchedEngine(linear_backend="torch").linear_backend == "torch"  # the default needs no triton
     assert aggregate(params, layout, updates, AggregationRule("overlap"), backend="auto").backend in ("numba", "torch")
     assert torch.isfinite(aggregate(params, layout, updates, AggregationRule("overlap")).params["out.weight"]).all()
+
+
+@pytest.mark.parametrize("module", ["numba", "scipy"])
+def test_client_major_training_needs_numba_and_scipy_else_auto_trains_step_major(monkeypatch, module):
+    from fedbrb_fast.engines import BatchedEngine
+
+    assert BatchedEngine().client_major
+    hide(monkeypatch, module)
+    assert not BatchedEngine().client_major and not BatchedEngine(cpu_trainer="stacked").client_major

@@ -40,12 +40,10 @@ def on_path(model: PreResNet, path: str) -> ModelFamily:
     return FunctionalView(model) if path == "functional" else model
 
 
-ENGINE_CASES = [pytest.param(path, method, norm, marks=() if (path, method, norm) == ("family", "fedbrb", "bn")
-                              else pytest.mark.slow)
-                for path in PATHS for method in ENGINE_METHODS for norm in ("bn", "gn", "none")]
-
-
-@pytest.mark.parametrize("path,method,norm", ENGINE_CASES)
+@pytest.mark.slow  # about a second each
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("method", ENGINE_METHODS)
+@pytest.mark.parametrize("norm", ["bn", "gn", "none"])
 def test_batched_equals_the_reference_per_client_after_aggregation_and_over_rounds(float64, path, method, norm):
     model = on_path(tiny_preresnet(norm), path)
     data = make_data((2, 8, 8))
@@ -119,9 +117,10 @@ def test_the_distributed_engine_on_one_process_equals_the_batched_engine(tiny_cf
 
 
 
+@pytest.mark.slow  # a second each
 @pytest.mark.parametrize("dataset,make_files,folder,classes", [
     ("cifar10", make_cifar10, "cifar-10-batches-bin", 10),
-    pytest.param("cifar100", make_cifar100, "cifar-100-binary", 100, marks=pytest.mark.slow),
+    ("cifar100", make_cifar100, "cifar-100-binary", 100),
 ], ids=["cifar10", "cifar100"])
 def test_preresnet18_trains_on_cifar_from_local_files(tiny_cfg_dict, tmp_path, dataset, make_files, folder, classes):
     """CIFAR from binary files the test writes (32x32x3: 32 -> 16 -> 8 -> 4 over the stages)."""

@@ -18,8 +18,11 @@ from ..models.stacked import gather_slices
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..training.batched import build_schedule, local_steps, train_stacked
+from ..training.client_major import client_major_available
 from .base import Engine
 from .context import RoundContext, TrainedRound
+
+CPU_TRAINERS = ("auto", "stacked")
 
 
 def width_chunks(plans: Sequence[ClientPlan], max_clients: int, steps: Mapping[int, int]) -> list[list[ClientPlan]]:
@@ -56,15 +59,25 @@ def resolve_linear_backend(requested: str, device: torch.device) -> str:
     return "torch"
 
 
+def resolve_cpu_trainer(requested: str, device: torch.device) -> bool:
+    """Whether ReLU chains train client-major (`training/client_major.py`): 'auto' on the CPU when
+    numba is installed; 'stacked' never."""
+    if requested not in CPU_TRAINERS:
+        raise ValueError(f"cpu_trainer must be one of {CPU_TRAINERS}, got {requested!r}")
+    return requested == "auto" and device.type == "cpu" and client_major_available()
+
+
 class BatchedEngine(Engine):
     name = "batched"
 
-    def __init__(self, max_clients_per_step: int = 256, *, linear_backend: str = "torch", device: str = "cpu") -> None:
+    def __init__(self, max_clients_per_step: int = 256, *, linear_backend: str = "torch", device: str = "cpu",
+                 cpu_trainer: str = "auto") -> None:
         if max_clients_per_step < 1:
             raise ValueError(f"max_clients_per_step must be >= 1, got {max_clients_per_step}")
         self.max_clients_per_step = max_clients_per_step
         self.device = resolve_device(device)
         self.linear_backend = resolve_linear_backend(linear_backend, self.device)
+        self.client_major = resolve_cpu_trainer(cpu_trainer, self.device)
         self._data_on_device: tuple[int, Tensor, Tensor] | None = None
 
     def _device_data(self, ctx: RoundContext) -> tuple[Tensor, Tensor]:
@@ -104,7 +117,7 @@ class BatchedEngine(Engine):
         with timer.phase("train"):
             trained, mean_loss = train_stacked(ctx.model, slices, x_all, y_all, schedule, beta=chunk[0].width,
                                                hp=ctx.local, label_mask=label_mask, linear_backend=self.linear_backend,
-                                               factored=True)
+                                               factored=True, client_major=self.client_major)
             trained = {k: v.cpu() for k, v in trained.items()}  # aggregation reads host tensors
         batch = ClientBatch(
             clients=clients,

@@ -35,7 +35,7 @@ def make_engine(cfg: ExperimentConfig) -> Engine:
     if cfg.train.engine == "reference":
         return ReferenceEngine()
     batched = BatchedEngine(cfg.train.max_clients_per_step, linear_backend=cfg.train.linear_backend,
-                            device=cfg.train.device)
+                            device=cfg.train.device, cpu_trainer=cfg.train.cpu_trainer)
     if cfg.train.engine == "distributed":
         return DistributedEngine(batched, join_process_group(batched.device, cfg.train.dist_timeout_s))
     return batched

@@ -5,6 +5,7 @@ clients for the batched engine (without one, it vmaps the functional forward).""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -54,6 +55,26 @@ class StackedFamily(ModelFamily, Protocol):
 def stacked_forward_of(model: ModelFamily) -> StackedFamily | None:
     """The model's hand-written stacked forward, if its family has one."""
     return model if isinstance(model, StackedFamily) else None
+
+
+@dataclass(frozen=True)
+class ReluChain:
+    """A model that is linear layers in order with ReLU between them and no norm (HeteroFL's scaler
+    after each hidden layer when `scaler`): what client-major CPU training compiles."""
+
+    layers: tuple[LinearLayer, ...]
+    scaler: bool
+
+
+@runtime_checkable
+class ReluChainFamily(Protocol):
+    def relu_chain(self) -> ReluChain | None:
+        """The model as a ReLU chain, or None when it is not one (e.g. it has a norm)."""
+        ...
+
+
+def relu_chain_of(model: ModelFamily) -> ReluChain | None:
+    return model.relu_chain() if isinstance(model, ReluChainFamily) else None
 
 
 def vmapped_forward(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import MLPConfig
+from .family import ReluChain
 from .functional import normalize, scale_activation
 from .init import init_params
 from .layout import chain_layout
@@ -42,6 +43,9 @@ class MLP:
 
     def init(self, generator: torch.Generator) -> dict[str, Tensor]:
         return init_params(self.layout, generator)
+
+    def relu_chain(self) -> ReluChain | None:
+        return ReluChain(tuple(self.stacked_linears.values()), self.scaler) if self.norm == "none" else None
 
     def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
                 mask: Tensor | None = None) -> Tensor:

@@ -20,14 +20,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import ModelFamily, stacked_forward_of, vmapped_forward
 from ..models.factored import FactoredStack
+from ..models.family import relu_chain_of
 from ..models.stacked import LinearLayer, SliceSet, stacked_linear
-from ..seeding import STREAM_TRAIN, torch_generator
+from ..seeding import STREAM_TRAIN, torch_generators
+from .client_major import train_client_major
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
 from .local import LocalTraining, epoch_orders
@@ -72,8 +75,8 @@ def build_schedule(client_rows: Sequence[Tensor], batch_size: int, epochs: int, 
     counts = torch.tensor([len(r) for r in client_rows], dtype=torch.int64)
     samples = torch.zeros(n, int(counts.max()) if n else 0, dtype=torch.int64)
     # The orders come from each client's own generator; the rest is filled per sample count at once.
-    orders = [torch.stack(epoch_orders(len(own), epochs, torch_generator(seed, STREAM_TRAIN, round_idx, c)))
-              for own, c in zip(client_rows, clients, strict=True)]
+    generators = torch_generators(seed, STREAM_TRAIN, round_idx, last=np.asarray(clients, dtype=np.int64))
+    orders = [torch.stack(epoch_orders(len(own), epochs, g)) for own, g in zip(client_rows, generators, strict=True)]
     by_count: dict[int, list[int]] = {}
     for i, own in enumerate(client_rows):
         by_count.setdefault(len(own), []).append(i)
@@ -104,8 +107,8 @@ def fused_linear_layers(model: ModelFamily) -> dict[str, LinearLayer]:
 
 def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor,
                   schedule: StepSchedule, *, beta: float, hp: LocalTraining, label_mask: Tensor | None = None,
-                  linear_backend: str = "torch",
-                  factored: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
+                  linear_backend: str = "torch", factored: bool = False,
+                  client_major: bool = False) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
     """Train stacked client params [n, ...] IN PLACE (the caller owns them, e.g. a fresh gather);
     returns (params, mean loss per client). A parameter given as a `SliceSet` (distinct slices)
     is copied per client where it trains explicitly. Everything runs on the device of `x_all`;
@@ -114,6 +117,8 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
     `label_mask` [n, classes] bool removes absent classes from each client's softmax.
     `factored`: an input layer trained in data-span form comes back as a `FactoredStack` (its
     weights never written out; aggregation sums the factors) instead of dense weights.
+    `client_major`: a ReLU chain (`models.family.ReluChain`) on the CPU trains client by client in
+    a compiled kernel (`client_major.py`, needs numba), everything else step by step here.
     `linear_backend="triton"` runs every linear layer through the grouped GEMM kernels
     (`fedbrb_fast.kernels.grouped_gemm`, one launch per layer and pass, weights as ordinary
     autograd leaves) instead of the fused / implicit torch path.
@@ -133,6 +138,11 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
         span_layer = None
     span_weight = layers[span_layer].weight if span_layer else None
     span = _data_span(params[span_weight], x_all, schedule) if span_weight else None
+    chain = relu_chain_of(model) if client_major and device.type == "cpu" and linear_backend == "torch" else None
+    if chain is not None:
+        return train_client_major(chain, params, x_all, y_all, rows=schedule.rows, positions=schedule.positions,
+                                  mask=schedule.mask, active=schedule.active, beta=beta, hp=hp,
+                                  label_mask=label_mask, span=span, factored=factored)
     starts = {name: _slice_set(params[layer.weight]) for name, layer in layers.items() if name != span_layer}
     implicit = {name: ImplicitLinearWeight(w0.to(device), steps, batch) for name, w0 in starts.items()
                 if use_implicit(w0.unique.shape[1], w0.unique.shape[2], steps, batch, shared=shares_slices(w0))}
