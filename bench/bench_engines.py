@@ -5,6 +5,8 @@
     python bench/bench_engines.py --quick                              # tiny sizes: the script runs
     python bench/bench_engines.py --table cnn:200 --no-scaling --out bench/results/engines.json --merge
                                                                        # remeasure one entry in place
+    python bench/bench_engines.py --table preresnet:50 --contenders plain,reference,batched,vmapped \
+        --scaling-case preresnet --scaling 50,200   # PreResNet-18: its row, the vmapped path, peak RSS
 
 Cases and contenders: bench/engine_cases.py (real MNIST-5k and Synthetic data; fedbrb, fedrolex,
 heterofl; `stacked` is the batched engine with train.cpu_trainer = "stacked", every model step-major
@@ -18,9 +20,9 @@ to the round's count (their cost is a sum over clients). Around every entry the 
 peak and copy bandwidth are measured; an entry where either moved by more than 15% is marked
 noisy, and a run with a noisy entry is not a result (rerun it on a quieter machine).
 
-Scaling curve (MLP case, fedrolex): 10, 100, 1,000, 10,000 clients per round, each point in a fresh
-process: seconds per round, client-updates/s, the process's peak RSS over one batched round
-(`max_clients_per_step` bounds it), and the ratio to the plain loop.
+Scaling curve (MLP case, fedrolex; `--scaling-case` picks another): 10, 100, 1,000, 10,000 clients
+per round, each point in a fresh process: seconds per round, client-updates/s, the process's peak
+RSS over one batched round (`max_clients_per_step` bounds it), and the ratio to the plain loop.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from machine_check import NOISE_TOLERANCE, NoiseCheck, measure_speed  # noqa: E4
 
 from fedbrb_fast.outputs import atomic_write_text  # noqa: E402
 
-TABLE = "mlp:100,mlp:1000,cnn:50,cnn:200,synthetic:100"
+TABLE = "mlp:100,mlp:1000,cnn:50,cnn:200,synthetic:100,preresnet:50"
 SCALING = "10,100,1000,10000"
 
 
@@ -93,12 +95,12 @@ def measure_entry(case_name: str, clients: int, methods: list[str], contenders: 
     return rows
 
 
-def measure_scaling_point(clients: int, repeats: int, max_timed: int, threads: int, tiny: bool,
+def measure_scaling_point(case_name: str, clients: int, repeats: int, max_timed: int, threads: int, tiny: bool,
                           max_clients_per_step: int) -> dict[str, Any]:
     """One point of the scaling curve in this (fresh) process; peak RSS is read after one batched
     round, before the plain loop runs."""
     torch.set_num_threads(threads)
-    case = make_case("mlp", clients, tiny=tiny)
+    case = make_case(case_name, clients, tiny=tiny)
     setup_rss = peak_rss_mb()
     batched = contender("batched", case, "fedrolex", range(clients), max_clients_per_step=max_clients_per_step)
     batched()
@@ -109,7 +111,7 @@ def measure_scaling_point(clients: int, repeats: int, max_timed: int, threads: i
     check = NoiseCheck(before, measure_speed())
     plain = timing_row("plain", times["plain"], timed, clients)
     bat = timing_row("batched", times["batched"], clients, clients)
-    return {"clients": clients, "method": "fedrolex", "max_clients_per_step": max_clients_per_step,
+    return {"case": case_name, "clients": clients, "method": "fedrolex", "max_clients_per_step": max_clients_per_step,
             "seconds_per_round": bat["best_s"], "median_seconds_per_round": bat["median_s"],
             "client_updates_per_s": bat["client_updates_per_s"], "plain_seconds_per_round": plain["best_s"],
             "plain_timed_clients": timed, "batched_vs_plain": plain["best_s"] / bat["best_s"],
@@ -124,10 +126,15 @@ def merged(old: dict[str, Any], rows: list[dict[str, Any]],
         return r["case"], r["clients"], r["method"]
 
     new_rows = {key(r) for r in rows}
-    new_points = {p["clients"] for p in points}
+    new_points = {point_key(p) for p in points}
     kept_rows = [r for r in old.get("rows", []) if key(r) not in new_rows]
-    kept_points = [p for p in old.get("scaling", []) if p["clients"] not in new_points]
-    return kept_rows + rows, sorted(kept_points + points, key=lambda p: p["clients"])
+    kept_points = [p for p in old.get("scaling", []) if point_key(p) not in new_points]
+    return kept_rows + rows, sorted(kept_points + points, key=point_key)
+
+
+def point_key(point: dict[str, Any]) -> tuple[str, int]:
+    """A scaling point's case (points of older files are the MLP's) and clients per round."""
+    return point.get("case", "mlp"), point["clients"]
 
 
 def in_fresh_process(fn: Any, *args: Any) -> Any:
@@ -156,11 +163,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def print_scaling(points: list[dict[str, Any]]) -> None:
-    print(f"\n{'clients':>7} {'s/round':>8} {'updates/s':>9} {'plain s':>8} {'vs plain':>8} {'peak RSS MB':>11} "
-          f"{'drift':>6}")
+    print(f"\n{'case':9} {'clients':>7} {'s/round':>8} {'updates/s':>9} {'plain s':>8} {'vs plain':>8} "
+          f"{'peak RSS MB':>11} {'drift':>6}")
     for p in points:
         flag = " NOISY" if p["noise"]["noisy"] else ""
-        print(f"{p['clients']:7d} {p['seconds_per_round']:8.3f} {p['client_updates_per_s']:9.0f} "
+        print(f"{point_key(p)[0]:9} {p['clients']:7d} {p['seconds_per_round']:8.3f} {p['client_updates_per_s']:9.0f} "
               f"{p['plain_seconds_per_round']:8.2f} {p['batched_vs_plain']:7.1f}x {p['peak_rss_mb']:11.0f} "
               f"{100 * p['noise']['drift']:5.0f}%{flag}")
 
@@ -187,12 +194,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% |")
     text = "\n".join(lines) + rows_left
     points, points_left = quiet(result.get("scaling", []))
-    if points:
-        lines = ["| clients per round | s per round | client-updates/s | plain loop s (scaled) | batched vs plain "
+    for case in dict.fromkeys(point_key(p)[0] for p in points):  # one table per case, in file order
+        lines = [f"Scaling curve, {case} case (fedrolex):", "",
+                 "| clients per round | s per round | client-updates/s | plain loop s (scaled) | batched vs plain "
                  "| peak RSS MB | drift |", "|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {p['clients']:,} | {p['seconds_per_round']:.3f} | {p['client_updates_per_s']:.0f} | "
                   f"{p['plain_seconds_per_round']:.2f} | **{p['batched_vs_plain']:.1f}x** | {p['peak_rss_mb']:.0f} | "
-                  f"{100 * p['noise']['drift']:.0f}% |" for p in points]
+                  f"{100 * p['noise']['drift']:.0f}% |" for p in points if point_key(p)[0] == case]
         text += "\n\n" + "\n".join(lines)
     return text + points_left
 
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--contenders", default="plain,reference,batched,stacked",
                     help=f"of {', '.join(CONTENDERS)} (stacked: the batched engine without the client-major "
                     "kernel; vmapped: without the stacked forward)")
-    ap.add_argument("--scaling", default=SCALING, help="clients per round of the MLP scaling curve")
+    ap.add_argument("--scaling", default=SCALING, help="clients per round of the scaling curve")
+    ap.add_argument("--scaling-case", default="mlp", help="the case of the scaling curve")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-timed", type=int, default=200, help="clients the plain loop and reference engine run")
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown(result))
         return result
     if args.quick:
-        args.table, args.scaling, args.max_timed = "mlp:6,cnn:4,synthetic:6", "4,12", 4
+        args.table, args.scaling, args.max_timed = "mlp:6,cnn:4,synthetic:6,preresnet:4", "4,12", 4
         args.repeats = min(args.repeats, 2)
     methods, contenders = args.methods.split(","), args.contenders.split(",")
     entries = [(e.split(":")[0], int(e.split(":")[1])) for e in args.table.split(",") if e]
@@ -232,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  args.max_timed, args.threads, args.quick, args.max_clients_per_step)
         print_table(rows[-len(methods):])
     points = [] if args.no_scaling else [
-        in_fresh_process(measure_scaling_point, int(n), args.repeats, args.max_timed, args.threads, args.quick,
-                         args.max_clients_per_step) for n in args.scaling.split(",")]
+        in_fresh_process(measure_scaling_point, args.scaling_case, int(n), args.repeats, args.max_timed, args.threads,
+                         args.quick, args.max_clients_per_step) for n in args.scaling.split(",")]
     print("\n")
     print_table(rows)
     if points:

@@ -6,6 +6,7 @@ Cases (train + aggregate of one round, evaluation excluded):
   cnn        MNIST-5k, HeteroFL CNN [64, 128, 256, 512] (static BatchNorm), width 1/16, 1 epoch of batch 10
   synthetic  FedProx Synthetic(1, 1) with its natural clients (unequal sizes), MLP 60-[256, 256]-10
              (GroupNorm), width 1/8, 1 epoch of batch 10
+  preresnet  MNIST-5k, PreResNet-18 [64, 128, 256, 512] (static BatchNorm), width 1/16, 1 epoch of batch 10
 MNIST-5k clients hold 40 samples each: every block of 100 clients is an IID partition of the 4,000
 training digits (a fresh permutation per block), so 1,000 or 10,000 clients per round do the same
 work per client as 100 do, on real data stored once.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from plain_loop import plain_round
+from plain_loop import PlainFamily, plain_round
 from torch import Tensor
 
 from fedbrb_fast.aggregation import AggregationRule, rule_for_method
@@ -32,11 +33,12 @@ from fedbrb_fast.data import FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
 from fedbrb_fast.engines.base import aggregate_stream
 from fedbrb_fast.models import CNN, MLP, FunctionalView
-from fedbrb_fast.plans import ClientPlan, make_round_plans
+from fedbrb_fast.models.preresnet import PreResNet
+from fedbrb_fast.plans import ClientPlan, make_round_plans, shear_coefficients
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
 
-CASES = ("mlp", "cnn", "synthetic")
+CASES = ("mlp", "cnn", "synthetic", "preresnet")
 METHODS = ("fedbrb", "fedrolex", "heterofl")
 # stacked: the batched engine with every model trained step-major in batched torch ops
 # (train.cpu_trainer = "stacked"; "batched" trains ReLU chains client-major where numba is installed).
@@ -54,7 +56,7 @@ Round = Callable[[], dict[str, float]]  # runs one round, returns seconds per ph
 @dataclass(frozen=True)
 class EngineCase:
     name: str
-    model: MLP | CNN  # the families the plain loop (plain_loop.py) is written for
+    model: PlainFamily  # the families the plain loop (plain_loop.py) is written for
     data: FederatedData
     params: dict[str, Tensor]
     hp: LocalTraining
@@ -66,7 +68,8 @@ class EngineCase:
 
     def plans(self, method: str, clients: Sequence[int]) -> list[ClientPlan]:
         return make_round_plans(method, ROUND, list(clients), [self.width] * len(clients),
-                                group_sizes=self.model.layout.group_sizes, num_blocks=self.num_blocks, seed=SEED)
+                                group_sizes=self.model.layout.group_sizes, num_blocks=self.num_blocks, seed=SEED,
+                                shear=shear_coefficients(self.model.layout))
 
     def rule(self, method: str) -> AggregationRule:
         return rule_for_method(method, LAM, self.num_blocks)
@@ -81,7 +84,7 @@ class EngineCase:
         fwd = self.model.flops_per_sample(widths, self.data.input_shape)
         first = self.model.layout.params[0]  # the first layer's weight
         assert first.fan_in is not None
-        positions = math.prod(self.data.input_shape[1:]) if self.model.arch == "cnn" else 1  # conv: every pixel
+        positions = math.prod(self.data.input_shape[1:]) if len(first.shape) == 4 else 1  # conv: every pixel
         first_dx = 2 * positions * widths[0] * first.fan_in
         samples = sum(self.data.num_samples(c) for c in clients) * self.hp.epochs
         return (3 * fwd - first_dx) * samples / 1e9
@@ -108,7 +111,7 @@ def synthetic_clients(num_clients: int, seed: int = SEED) -> FederatedData:
 def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
     """The case `name` with `num_clients` clients; `tiny` shrinks the models (tests, --quick)."""
     if name == "mlp":
-        model: MLP | CNN = MLP(784, [64, 64] if tiny else [1024, 1024], 10, norm="none", scaler=False)
+        model: PlainFamily = MLP(784, [64, 64] if tiny else [1024, 1024], 10, norm="none", scaler=False)
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(2, 10, 0.02, 0.9, 5e-4), 1 / 8
     elif name == "cnn":
         model = CNN(1, [64, 64, 64, 64] if tiny else [64, 128, 256, 512], 10, norm="bn")
@@ -116,6 +119,9 @@ def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
     elif name == "synthetic":
         model = MLP(60, [64, 64] if tiny else [256, 256], 10, norm="gn", norm_groups=2 if tiny else 4)
         data, hp, width = synthetic_clients(num_clients), LocalTraining(1, 10, 0.01, 0.9, 5e-4), 1 / 8
+    elif name == "preresnet":
+        model = PreResNet(1, [16, 32, 32, 32] if tiny else [64, 128, 256, 512], 10, norm="bn")
+        data, hp, width = mnist5k_clients(num_clients), LocalTraining(1, 10, 0.02, 0.9, 5e-4), 1 / 16
     else:
         raise ValueError(f"unknown case {name!r}; expected one of {CASES}")
     params = model.init(torch.Generator().manual_seed(SEED))
@@ -123,18 +129,24 @@ def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
 
 
 def contender(name: str, case: EngineCase, method: str, clients: Sequence[int], *,
-              max_clients_per_step: int = 256) -> Round:
-    """A callable that runs one round of `name` on `clients` (train + aggregate)."""
+              max_clients_per_step: int = 256, device: str = "cpu") -> Round:
+    """A callable that runs one round of `name` on `clients` (train + aggregate). On `device`
+    "cuda" the plain loop holds the global model there and the batched engine trains there
+    (train.device); the reference engine runs on the CPU only."""
     plans, rule, ctx = case.plans(method, clients), case.rule(method), case.context()
     if name == "plain":
+        params = {k: v.to(device) for k, v in case.params.items()}
+
         def run_plain() -> dict[str, float]:
-            plain_round(case.model, case.params, case.data, plans, case.hp, rule, seed=SEED, round_idx=ROUND)
+            plain_round(case.model, params, case.data, plans, case.hp, rule, seed=SEED, round_idx=ROUND)
             return {}
         return run_plain
     if name not in ("reference", "batched", "stacked", "vmapped"):
         raise ValueError(f"unknown contender {name!r}; expected one of {CONTENDERS}")
+    if name == "reference" and device != "cpu":
+        raise ValueError(f"the reference engine runs on the CPU only, not on {device!r}")
     engine = ReferenceEngine() if name == "reference" else BatchedEngine(
-        max_clients_per_step, cpu_trainer="stacked" if name == "stacked" else "auto")
+        max_clients_per_step, device=device, cpu_trainer="stacked" if name == "stacked" else "auto")
     if name == "vmapped":
         ctx = replace(ctx, model=FunctionalView(case.model))
 

@@ -8,10 +8,11 @@ per-parameter meshgrid scatter into the global model with the project's rule for
 
 The minibatch order comes from the project's `(seed, round, client)` generators, so the loop
 computes the same model as the engines (checked in tests/test_engine_benchmark_baseline.py); data are
-indexed straight from tensors (no DataLoader), which only makes this baseline faster.
-Differences from the project's modules, by design of the peer code: static BatchNorm is
-`nn.BatchNorm*d(track_running_stats=False)` (a one-sample batch of vectors raises there), and
-label masking is not supported.
+indexed straight from tensors (no DataLoader), which only makes this baseline faster. It runs where
+the global model is (the GPU check times it on the GPU).
+The modules (plain_modules.py) differ from the project's forwards by design of the peer code:
+static BatchNorm is `nn.BatchNorm*d(track_running_stats=False)` (a one-sample batch of vectors
+raises there), and label masking is not supported.
 """
 
 from __future__ import annotations
@@ -21,84 +22,51 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from plain_modules import PlainNet, PlainPreResNet
 from torch import Tensor, nn
 
 from fedbrb_fast.aggregation import AggregationRule
 from fedbrb_fast.data import FederatedData
 from fedbrb_fast.models import CNN, MLP, ModelLayout, ParamSpec
+from fedbrb_fast.models.preresnet import PreResNet, blocks
 from fedbrb_fast.plans import ClientPlan
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
 from fedbrb_fast.training import LocalTraining
 
 
-class Scaler(nn.Module):
-    """HeteroFL's scaler: divide by the width ratio while training."""
-
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x / self.rate if self.training else x
-
-
-def norm_module(kind: str, channels: int, groups: int, dims: int) -> nn.Module:
-    if kind == "bn":
-        return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels, momentum=None, track_running_stats=False)
-    if kind == "gn":
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
-
-
-class PlainNet(nn.Module):
-    """The global architecture at the client's `widths`: blocks named like the project's
-    parameters (hidden{g}, norm{g}, out), so state dicts share their keys."""
-
-    def __init__(self, model: MLP | CNN, widths: Sequence[int], rate: float) -> None:
-        super().__init__()
-        conv = model.arch == "cnn"
-        fan_in = model.layout.params[0].shape[1]  # the first layer's input features (channels)
-        self.blocks = len(widths)
-        for g, width in enumerate(widths):
-            layer = nn.Conv2d(fan_in, width, 3, padding=1) if conv else nn.Linear(fan_in, width)
-            self.add_module(f"hidden{g}", layer)
-            self.add_module(f"scaler{g}", Scaler(rate) if model.scaler and rate != 1.0 else nn.Identity())
-            self.add_module(f"norm{g}", norm_module(model.norm, width, model.norm_groups, 2 if conv else 1))
-            fan_in = width
-        self.out = nn.Linear(fan_in, model.num_classes)
-        self.pool = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = x if self.pool else x.flatten(1)
-        for g in range(self.blocks):
-            h = getattr(self, f"hidden{g}")(h)
-            h = F.relu(getattr(self, f"norm{g}")(getattr(self, f"scaler{g}")(h)))
-            if self.pool and g != self.blocks - 1:
-                h = F.max_pool2d(h, 2)
-        if self.pool:
-            h = h.mean(dim=(2, 3))
-        return self.out(h)
-
-
-def positions(spec: ParamSpec, indices: Sequence[Tensor]) -> list[Tensor]:
-    """Global index along every axis of the client tensor (whole axes: arange)."""
-    return [indices[g] if g is not None else torch.arange(n) for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
+def positions(spec: ParamSpec, indices: Sequence[Tensor], device: torch.device) -> list[Tensor]:
+    """Global index along every axis of the client tensor (whole axes: arange), on `device`."""
+    return [indices[g].to(device) if g is not None else torch.arange(n, device=device)
+            for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
 
 
 def split_model(params: Mapping[str, Tensor], layout: ModelLayout, indices: Sequence[Tensor]) -> dict[str, Tensor]:
     """The client's state dict: each global tensor indexed with the meshgrid of its positions."""
-    return {s.name: params[s.name][torch.meshgrid(*positions(s, indices), indexing="ij")].clone()
-            for s in layout.params}
+    return {s.name: params[s.name][torch.meshgrid(*positions(s, indices, params[s.name].device), indexing="ij")]
+            .clone() for s in layout.params}
 
 
-def train_client(model: MLP | CNN, state: dict[str, Tensor], plan: ClientPlan, x: Tensor, y: Tensor, hp: LocalTraining,
-                 generator: torch.Generator) -> dict[str, Tensor]:
-    net = PlainNet(model, [len(ix) for ix in plan.indices], plan.width)
+PlainFamily = MLP | CNN | PreResNet  # the families the plain loop has modules for
+
+
+def client_module(model: PlainFamily, plan: ClientPlan) -> nn.Module:
+    """The global architecture at the client's widths."""
+    widths = [len(ix) for ix in plan.indices]
+    if isinstance(model, PreResNet):
+        stage_widths = [widths[b.out_stream] for b in blocks(len(model.widths))][::2]  # each stage's stream
+        return PlainPreResNet(model.in_channels, stage_widths, model.num_classes, norm=model.norm,
+                              norm_groups=model.norm_groups, scaler=model.scaler, rate=plan.width)
+    return PlainNet(model, widths, plan.width)
+
+
+def train_client(model: PlainFamily, state: dict[str, Tensor], plan: ClientPlan, x: Tensor, y: Tensor,
+                 hp: LocalTraining, generator: torch.Generator) -> dict[str, Tensor]:
+    net = client_module(model, plan).to(x.device)
     net.load_state_dict(state)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     for _ in range(hp.epochs):
-        perm = torch.randperm(len(y), generator=generator)
+        perm = torch.randperm(len(y), generator=generator).to(x.device)
         for batch in perm.split(hp.batch_size):
             opt.zero_grad()
             loss = F.cross_entropy(net(x[batch]), y[batch])
@@ -126,9 +94,9 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
         sliced = {a for a, g in enumerate(spec.axis_groups) if g is not None}
         tile = [n // rule.num_blocks if a in sliced else n for a, n in enumerate(spec.shape)]
         num, den = torch.zeros_like(p), torch.zeros_like(p)
-        s_sum, w_sum = torch.zeros(tile), torch.zeros(tile)
+        s_sum, w_sum = torch.zeros(tile, device=p.device), torch.zeros(tile, device=p.device)
         for r in results:
-            pos = positions(spec, r.plan.indices)
+            pos = positions(spec, r.plan.indices, p.device)
             mesh = torch.meshgrid(*pos, indexing="ij")
             theta = r.state[spec.name]
             if rule.kind == "overlap":
@@ -151,13 +119,14 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
     return new
 
 
-def plain_round(model: MLP | CNN, params: Mapping[str, Tensor], data: FederatedData, plans: Sequence[ClientPlan],
+def plain_round(model: PlainFamily, params: Mapping[str, Tensor], data: FederatedData, plans: Sequence[ClientPlan],
                 hp: LocalTraining, rule: AggregationRule, *, seed: int, round_idx: int) -> dict[str, Tensor]:
     """One round: every client trained in turn, then aggregated; returns the new global model."""
     results = []
     for plan in plans:
         state = split_model(params, model.layout, plan.indices)
-        x, y = data.client_data(plan.client)
+        device = next(iter(params.values())).device  # the plain loop runs where the global model is
+        x, y = (t.to(device) for t in data.client_data(plan.client))
         generator = torch_generator(seed, STREAM_TRAIN, round_idx, plan.client)
         trained = train_client(model, state, plan, x, y, hp, generator)
         results.append(ClientResult(plan, float(data.num_samples(plan.client)), trained))

@@ -26,7 +26,8 @@ from fedbrb_fast.profiling import PhaseTimer  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl"])
-@pytest.mark.parametrize("case_name", ["mlp", "cnn", "synthetic"])
+# PreResNet rounds take about a second each here: slow.
+@pytest.mark.parametrize("case_name", ["mlp", "cnn", "synthetic", pytest.param("preresnet", marks=pytest.mark.slow)])
 def test_plain_loop_aggregates_the_reference_engines_model(case_name, method):
     case = make_case(case_name, 8, tiny=True)
     plans = case.plans(method, range(5))
@@ -104,10 +105,15 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
              "plain_seconds_per_round": 108.9, "batched_vs_plain": 15.2, "peak_rss_mb": 803.4, "noise": {"drift": 0.1}}
     path = tmp_path / "engines.json"
     noisy = {**row, "method": "fedrolex", "noise": {"drift": 0.2}}
+    other_case = {**point, "case": "preresnet", "clients": 200, "peak_rss_mb": 700.0}
     path.write_text(json.dumps({"rows": [row, {**row, "method": "heterofl"}, noisy],
-                                "scaling": [point, {**point, "clients": 100, "noise": {"drift": 0.3}}]}))
+                                "scaling": [point, {**point, "clients": 100, "noise": {"drift": 0.3}}, other_case]}))
     main(["--markdown", str(path)])
     lines = capsys.readouterr().out.splitlines()
+    captions = [i for i, line in enumerate(lines) if line.startswith("Scaling curve, ")]
+    assert [lines[i] for i in captions] == ["Scaling curve, mlp case (fedrolex):",
+                                            "Scaling curve, preresnet case (fedrolex):"]
+    assert lines[captions[1] + 4] == "| 200 | 7.200 | 1389 | 108.90 | **15.2x** | 700 | 10% |"
     assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 1.62x | 38% | 6% |" in lines
     assert sum(line.startswith("| mlp | 100 |") for line in lines) == 2  # the noisy row is not a result
     assert "| 10,000 | 7.200 | 1389 | 108.90 | **15.2x** | 803 | 10% |" in lines
@@ -121,6 +127,9 @@ def test_merge_replaces_only_the_entries_measured_again():
     old = {"rows": [{"case": "mlp", "clients": 100, "method": m, "v": 1} for m in ("fedbrb", "heterofl")],
            "scaling": [{"clients": 10, "v": 1}, {"clients": 1000, "v": 1}]}
     again = [{"case": "mlp", "clients": 100, "method": "fedbrb", "v": 2}]
-    rows, points = merged(old, again, [{"clients": 100, "v": 2}])
+    rows, points = merged(old, again, [{"case": "mlp", "clients": 100, "v": 2}, {"case": "preresnet", "clients": 10,
+                                                                                "v": 2}])
     assert sorted((r["method"], r["v"]) for r in rows) == [("fedbrb", 2), ("heterofl", 1)]
-    assert [(p["clients"], p["v"]) for p in points] == [(10, 1), (100, 2), (1000, 1)]
+    # points of older files (no case) are the MLP's; a point of another case replaces nothing
+    assert [(p.get("case", "mlp"), p["clients"], p["v"]) for p in points] == [
+        ("mlp", 10, 1), ("mlp", 100, 2), ("mlp", 1000, 1), ("preresnet", 10, 2)]

@@ -40,6 +40,8 @@ def test_dry_run_runs_every_check_on_the_cpu(tmp_path):
     # training runs inside aggregation's stream, so its range may be nested ("fedbrb:aggregate > fedbrb:train")
     ranges = checks["nvtx_round"]["metrics"].get("ranges", {})
     assert any(r.split(" > ")[-1] == "fedbrb:train" for r in ranges) or checks["nvtx_round"]["status"] == "skipped"
+    preresnet = checks["speed_preresnet"]["metrics"]["rows"]  # the engine benchmark's PreResNet row ran
+    assert preresnet and all(r["batched_vs_plain"] > 0 and r["vmapped_vs_plain"] > 0 for r in preresnet)
     log = (out / "gpu_check.log").read_text()
     assert log.rstrip().endswith("no check failed")  # the table comes last
     assert "== engine_cuda" in log and "relative error" in log

@@ -172,7 +172,8 @@ def test_reference_vmapped_and_stacked_forwards_and_gradients_agree(registry, fl
 # Literals that would mean a module picks tensors by their names: a parameter-name suffix, or the
 # layer names the MLP and CNN happen to use (config keys such as "hidden" and "norm" are fine).
 NAME_GUESS = re.compile(r"\.(weight|bias)$|^(out|norm|hidden)\d*\.|^(norm|hidden)\d+$")
-FAMILY_MODULES = {"models/mlp.py", "models/cnn.py", "models/preresnet.py", "models/layout.py"}  # families name tensors
+FAMILY_MODULES = {"models/mlp.py", "models/cnn.py", "models/preresnet.py", "models/preresnet_stacked.py",
+                  "models/layout.py"}  # families name tensors
 
 
 def _string_literals(tree: ast.AST) -> Iterator[tuple[int, str]]:

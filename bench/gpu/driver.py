@@ -71,6 +71,8 @@ CHECKS = (
               "aggregation GB/s vs same-run device copy; CuPy NVRTC vs torch extension"),
     CheckSpec("speed_grouped_gemm", "speed", "speed_grouped_gemm:speed_grouped_gemm", 60,
               "grouped GEMM TFLOP/s vs padded cuBLAS bmm and a per-group loop"),
+    CheckSpec("speed_preresnet", "speed", "speed_preresnet:speed_preresnet", 60,
+              "PreResNet-18 at 1/16, 50 / 200 clients: batched engine (stacked, vmapped) vs plain per-client loop"),
     CheckSpec("speed_training", "speed", "speed_training:speed_training", 150,
               "per-client GPU loop vs batched engine at 100 / 1,000 / 10,000 clients per round"),
     CheckSpec("baseline_after", "baseline", "check_env:baseline", 30,

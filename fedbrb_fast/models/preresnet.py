@@ -28,6 +28,8 @@ from ..config import PreResNetConfig
 from .functional import normalize, scale_activation
 from .init import init_params
 from .layout import ModelLayout, ParamSpec
+from .preresnet_stacked import LINEARS, preresnet_forward_stacked
+from .stacked import StackedLinear
 
 NUM_STAGES = 4
 BLOCKS_PER_STAGE = 2
@@ -145,6 +147,8 @@ class PreResNet:
     `widths`, each group's channels as `group_widths(widths)` lists them."""
 
     arch = "preresnet18"
+    stacked_linears = LINEARS  # the classifier, whose update the batched trainer fuses
+    input_layer: str | None = None  # the input goes to a convolution
 
     def __init__(self, in_channels: int, widths: Sequence[int], num_classes: int, *, norm: str = "bn",
                  norm_groups: int = 4, scaler: bool = True) -> None:
@@ -172,6 +176,14 @@ class PreResNet:
                 mask: Tensor | None = None) -> Tensor:
         return preresnet_forward(params, x, num_stages=len(self.widths), norm=self.norm, norm_groups=self.norm_groups,
                                  scaler=self.scaler, beta=beta, train=train, mask=mask)
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
+                        train: bool = False, linear: StackedLinear | None = None) -> Tensor:
+        """Clients stacked (models/preresnet_stacked.py): params [n, ...], x [n, b, C, H, W],
+        mask [n, b] -> logits [n, b, classes]."""
+        return preresnet_forward_stacked(params, x, mask, blocks(len(self.widths)), norm=self.norm,
+                                         norm_groups=self.norm_groups, scaler=self.scaler, beta=beta, train=train,
+                                         linear=linear)
 
     def flops_per_sample(self, widths: Sequence[int], input_shape: tuple[int, ...]) -> int:
         """`widths`: the channels of every group (network order), as for every family."""
