@@ -16,6 +16,7 @@ def write_cfg(tmp_path, raw):
     return f
 
 
+@pytest.mark.slow  # about 1.6 s
 def test_run_writes_config_metrics_and_summary(tmp_path, tiny_cfg_dict):
     f = write_cfg(tmp_path, tiny_cfg_dict)
     res = runner.invoke(app, ["run", str(f), "--set", "rounds=3", "--set", "method.name=heterofl"])

@@ -39,8 +39,9 @@ def test_auto_takes_the_kernel_for_relu_chains_only(kernel_calls, arch, norm, tr
 
 
 @pytest.mark.parametrize("arch", ["mlp", "mlp_wide"])
-@pytest.mark.parametrize("method", ["fedbrb", "fedrolex"])
-@pytest.mark.parametrize("label_mask,clip,momentum", [(True, 0.05, 0.9), (False, 0.5, 0.0), (True, None, 0.0)])
+@pytest.mark.parametrize("method", ["fedbrb", pytest.param("fedrolex", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("label_mask,clip,momentum", [(True, 0.05, 0.9), (False, 0.5, 0.0),
+                                                      pytest.param(True, None, 0.0, marks=pytest.mark.slow)])
 def test_label_masking_clipping_and_plain_sgd_match_reference(float64, kernel_calls, arch, method, label_mask, clip,
                                                               momentum):
     model, data = model_and_data(arch, "none")

@@ -331,6 +331,7 @@ def test_triton_backend_and_cuda_fall_back_with_a_message(monkeypatch):
             assert resolve_device("cuda") == torch.device("cpu")
 
 
+@pytest.mark.slow  # about 1.3 s
 def test_a_streamed_round_holds_one_chunk_and_equals_the_whole_round(tiny_cfg_dict, monkeypatch):
     """Simulation pulls the batched engine's chunks as aggregation asks for them: when a chunk is
     trained, every earlier chunk's updates are already gone (memory bounded by the chunk size)."""
