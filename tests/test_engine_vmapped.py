@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine_batched import SIZES, assert_same_clients, make_data
+from test_engine_batched import assert_rounds_match, make_data
 from tiny_family import TinyNet
 
-from fedbrb_fast.aggregation import aggregate, rule_for_method
 from fedbrb_fast.config import config_from_dict
 from fedbrb_fast.data import FederatedData
-from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, simulation
+from fedbrb_fast.engines import Simulation, simulation
 from fedbrb_fast.models import CNN, MLP, FunctionalView, ModelFamily, ModelLayout, stacked_forward_of
-from fedbrb_fast.plans import make_round_plans
-from fedbrb_fast.profiling import PhaseTimer
-from fedbrb_fast.training import LocalTraining
 
 
 def case(name: str) -> tuple[ModelFamily, FederatedData]:
@@ -39,22 +35,7 @@ GENERIC_CASES = [("tiny", "fedbrb"), *(pytest.param(name, method, marks=pytest.m
 def test_generic_path_equals_the_reference_per_client_after_aggregation_and_over_rounds(float64, name, method):
     model, data = case(name)
     assert stacked_forward_of(model) is None
-    rule = rule_for_method(method, 0.3, 4)
-    widths = [0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0]
-    ref_params = bat_params = model.init(torch.Generator().manual_seed(5))
-    for round_idx in (1, 2):
-        plans = make_round_plans(method, round_idx, list(range(len(SIZES))), widths,
-                                 group_sizes=model.layout.group_sizes, num_blocks=4, seed=5)
-        ctx = RoundContext(round_idx=round_idx, seed=5, model=model, data=data,
-                           local=LocalTraining(2, 8, 0.05, 0.9, 5e-4, 0.5 if round_idx == 2 else None),
-                           weighting="samples", label_masking=round_idx == 2)
-        ref = ReferenceEngine().train_round(ctx, plans, ref_params, PhaseTimer())
-        bat = BatchedEngine(3).train_round(ctx, plans, bat_params, PhaseTimer())
-        assert_same_clients(ref, bat, atol=1e-9, rtol=1e-9)
-        ref_params = aggregate(ref_params, model.layout, ref.updates, rule).params
-        bat_params = aggregate(bat_params, model.layout, bat.updates, rule).params
-        for k in ref_params:
-            assert torch.allclose(ref_params[k], bat_params[k], atol=1e-9, rtol=1e-9), (round_idx, k)
+    assert_rounds_match(model, data, method, [0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0])
 
 
 @pytest.mark.slow

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 from test_data_files import make_cifar10, make_cifar100
-from test_engine_batched import SIZES, assert_same_clients, make_data
+from test_engine_batched import SIZES, assert_rounds_match, make_data
 
-from fedbrb_fast.aggregation import aggregate, rule_for_method
 from fedbrb_fast.config import config_from_dict
-from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation
+from fedbrb_fast.engines import Simulation
 from fedbrb_fast.models import FunctionalView, ModelFamily, PreResNet, stacked_forward_of
-from fedbrb_fast.plans import make_round_plans, shear_coefficients
-from fedbrb_fast.profiling import PhaseTimer
+from fedbrb_fast.plans import shear_coefficients
 from fedbrb_fast.runner import run_experiment
-from fedbrb_fast.training import LocalTraining
 
 ENGINE_METHODS = ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"]  # fedavg_small: a narrower fedavg (below)
 WIDTHS = [0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0]
@@ -47,22 +44,7 @@ def on_path(model: PreResNet, path: str) -> ModelFamily:
 def test_batched_equals_the_reference_per_client_after_aggregation_and_over_rounds(float64, path, method, norm):
     model = on_path(tiny_preresnet(norm), path)
     data = make_data((2, 8, 8))
-    rule = rule_for_method(method, 0.3, 4)
-    shear = shear_coefficients(model.layout)
-    ref_params = bat_params = model.init(torch.Generator().manual_seed(5))
-    for round_idx in (1, 2):
-        plans = make_round_plans(method, round_idx, list(range(len(SIZES))), WIDTHS,
-                                 group_sizes=model.layout.group_sizes, num_blocks=4, seed=5, shear=shear)
-        ctx = RoundContext(round_idx=round_idx, seed=5, model=model, data=data,
-                           local=LocalTraining(2, 8, 0.05, 0.9, 5e-4, 0.5 if round_idx == 2 else None),
-                           weighting="samples", label_masking=round_idx == 2)
-        ref = ReferenceEngine().train_round(ctx, plans, ref_params, PhaseTimer())
-        bat = BatchedEngine(3).train_round(ctx, plans, bat_params, PhaseTimer())
-        assert_same_clients(ref, bat, atol=1e-9, rtol=1e-9)
-        ref_params = aggregate(ref_params, model.layout, ref.updates, rule).params
-        bat_params = aggregate(bat_params, model.layout, bat.updates, rule).params
-        for k in ref_params:
-            assert torch.allclose(ref_params[k], bat_params[k], atol=1e-9, rtol=1e-9), (round_idx, k)
+    assert_rounds_match(model, data, method, WIDTHS, shear=shear_coefficients(model.layout))
 
 
 def preresnet_cfg(tiny_cfg_dict, method: str, engine: str, **sections) -> dict:

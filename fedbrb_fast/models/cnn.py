@@ -11,12 +11,12 @@ from torch import Tensor
 
 from ..config import CNNConfig
 from .functional import normalize, scale_activation
-from .init import init_params
+from .init import InitFromLayout
 from .layout import chain_layout
 from .stacked import LinearLayer, StackedLinear, grouped_normalize, plain_linear
 
 
-class CNN:
+class CNN(InitFromLayout):
     arch = "cnn"
     input_layer: str | None = None  # the input goes to a convolution (see MLP.input_layer)
 
@@ -33,13 +33,6 @@ class CNN:
             raise ValueError(f"model.arch: the CNN needs (channels, height, width) inputs, got shape {input_shape}")
         return cls(input_shape[0], cfg.hidden_sizes, num_classes, norm=cfg.norm, norm_groups=cfg.norm_groups,
                    scaler=cfg.scaler)
-
-    @property
-    def batch_coupled(self) -> bool:
-        return self.norm == "bn"
-
-    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
-        return init_params(self.layout, generator)
 
     def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
                 mask: Tensor | None = None) -> Tensor:

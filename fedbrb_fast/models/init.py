@@ -28,3 +28,18 @@ def _init_tensor(spec: ParamSpec, generator: torch.Generator) -> Tensor:
     if spec.role == "embedding":
         return torch.randn(spec.shape, generator=generator)
     raise ValueError(f"{spec.name}: no role, so no initialization (give the ParamSpec a role)")
+
+
+class InitFromLayout:
+    """What the MLP, CNN and PreResNet families share: a seeded init from their layout's roles, and
+    batch coupling exactly when their norm is static BatchNorm."""
+
+    layout: ModelLayout
+    norm: str
+
+    @property
+    def batch_coupled(self) -> bool:
+        return self.norm == "bn"
+
+    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
+        return init_params(self.layout, generator)

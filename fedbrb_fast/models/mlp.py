@@ -6,19 +6,18 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import MLPConfig
 from .family import ReluChain
 from .functional import normalize, scale_activation
-from .init import init_params
+from .init import InitFromLayout
 from .layout import chain_layout
 from .stacked import LinearLayer, StackedLinear, plain_linear, stacked_normalize
 
 
-class MLP:
+class MLP(InitFromLayout):
     arch = "mlp"
     # The linear layer that reads the flattened input: forward_stacked passes x to it and to
     # nothing else, so a trainer may compute it from its own copy of the inputs.
@@ -36,13 +35,6 @@ class MLP:
     def from_config(cls, cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> MLP:
         return cls(math.prod(input_shape), cfg.hidden_sizes, num_classes, norm=cfg.norm, norm_groups=cfg.norm_groups,
                    scaler=cfg.scaler)
-
-    @property
-    def batch_coupled(self) -> bool:
-        return self.norm == "bn"
-
-    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
-        return init_params(self.layout, generator)
 
     def relu_chain(self) -> ReluChain | None:
         return ReluChain(tuple(self.stacked_linears.values()), self.scaler) if self.norm == "none" else None

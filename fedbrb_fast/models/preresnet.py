@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import PreResNetConfig
 from .functional import normalize, scale_activation
-from .init import init_params
+from .init import InitFromLayout
 from .layout import ModelLayout, ParamSpec
 from .preresnet_stacked import LINEARS, preresnet_forward_stacked
 from .stacked import StackedLinear
@@ -142,7 +141,7 @@ def preresnet_flops_per_sample(in_channels: int, group_sizes: Sequence[int], num
     return total + 2 * group_sizes[blocks(num_stages)[-1].out_stream] * num_classes
 
 
-class PreResNet:
+class PreResNet(InitFromLayout):
     """The PreResNet-18 family (`model.arch = "preresnet18"`): four stages of stage widths
     `widths`, each group's channels as `group_widths(widths)` lists them."""
 
@@ -164,13 +163,6 @@ class PreResNet:
             raise ValueError(f"model.arch: PreResNet-18 needs (channels, height, width) inputs, got {input_shape}")
         return cls(input_shape[0], cfg.widths, num_classes, norm=cfg.norm, norm_groups=cfg.norm_groups,
                    scaler=cfg.scaler)
-
-    @property
-    def batch_coupled(self) -> bool:
-        return self.norm == "bn"
-
-    def init(self, generator: torch.Generator) -> dict[str, Tensor]:
-        return init_params(self.layout, generator)
 
     def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
                 mask: Tensor | None = None) -> Tensor:

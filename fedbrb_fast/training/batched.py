@@ -33,13 +33,10 @@ from ..seeding import STREAM_TRAIN, torch_generators
 from .client_major import train_client_major
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
-from .local import LocalTraining, epoch_orders
+from .local import CLIP_EPS, LocalTraining, epoch_orders
 
 if TYPE_CHECKING:  # the Triton path is optional: its module loads only when used
     from ..kernels.grouped_gemm_problems import GroupedProblems
-
-CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
-
 
 @dataclass(frozen=True)
 class StepSchedule:
@@ -141,7 +138,8 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
     chain = relu_chain_of(model) if client_major and device.type == "cpu" and linear_backend == "torch" else None
     if chain is not None:
         return train_client_major(chain, params, x_all, y_all, rows=schedule.rows, positions=schedule.positions,
-                                  mask=schedule.mask, active=schedule.active, beta=beta, hp=hp,
+                                  mask=schedule.mask, steps=steps_per_client(schedule.active, len(schedule.counts)),
+                                  beta=beta, hp=hp,
                                   label_mask=label_mask, span=span, factored=factored)
     starts = {name: _slice_set(params[layer.weight]) for name, layer in layers.items() if name != span_layer}
     implicit = {name: ImplicitLinearWeight(w0.to(device), steps, batch) for name, w0 in starts.items()
@@ -230,7 +228,7 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
         trained[layers[name].weight] = weight.factored() if factored else weight.materialize()
     if span is not None and span_weight is not None:
         trained[span_weight] = span.factored() if factored else span.materialize()
-    steps_done = _steps_per_client(schedule.active, n).to(device)
+    steps_done = steps_per_client(schedule.active, n).to(device)
     trained = {name: trained[name] for name in params}
     return trained, (loss_sum / steps_done.clamp_min(1)).to(torch.float32)
 
@@ -291,11 +289,9 @@ def _slice_set(w: Tensor | SliceSet) -> SliceSet:
     return w if isinstance(w, SliceSet) else SliceSet(w.detach(), torch.arange(len(w), device=w.device))
 
 
-def _steps_per_client(active: list[int], n: int) -> Tensor:
-    counts = torch.zeros(n, dtype=torch.float64)
-    for k in active:
-        counts[:k] += 1
-    return counts
+def steps_per_client(active: list[int], n: int) -> Tensor:
+    """Local steps of each of n clients [n] (int64), from the number of active clients per step."""
+    return (torch.tensor(active, dtype=torch.int64).unsqueeze(1) > torch.arange(n)).sum(dim=0)
 
 
 class _GroupedLinear:

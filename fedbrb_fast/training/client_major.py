@@ -30,12 +30,12 @@ def client_major_available() -> bool:
 
 
 def train_client_major(chain: ReluChain, params: Mapping[str, Tensor | SliceSet], x_all: Tensor, y_all: Tensor, *,
-                       rows: Tensor, positions: Tensor, mask: Tensor, active: list[int], beta: float,
+                       rows: Tensor, positions: Tensor, mask: Tensor, steps: Tensor, beta: float,
                        hp: LocalTraining, label_mask: Tensor | None, span: DataSpanLinearWeight | None,
                        factored: bool) -> tuple[dict[str, Tensor | FactoredStack], Tensor]:
     """`train_stacked` for a ReLU chain on the CPU: params [n, ...] by name (the input layer's
     weight unused when `span` holds it in data-span form), the step table rows / positions / mask
-    [S, n, b] with `active` clients per step. Returns (trained params, mean loss per client)."""
+    [S, n, b] and each client's number of local steps [n]. Returns (trained params, mean loss per client)."""
     numba = require("numba", "client-major training")
     from .relu_chain_kernel import train_relu_chain  # compiles on first use
 
@@ -60,7 +60,6 @@ def train_client_major(chain: ReluChain, params: Mapping[str, Tensor | SliceSet]
     else:
         p = gram = e_w = e_v = torch.zeros(n, 0, 0, dtype=dtype)
         a = c = torch.zeros(n, dtype=torch.float64)
-    steps = (torch.tensor(active, dtype=torch.int64).unsqueeze(1) > torch.arange(n)).sum(dim=0)
     ok = label_mask if label_mask is not None else torch.ones(n, outs[-1], dtype=torch.bool)
     hp_t = torch.tensor([hp.lr, hp.momentum, hp.weight_decay, beta], dtype=dtype)
     hp64 = torch.tensor([hp.lr, hp.momentum, hp.weight_decay, beta], dtype=torch.float64)

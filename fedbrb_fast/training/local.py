@@ -12,6 +12,8 @@ from torch import Tensor
 from ..config import TrainConfig
 from ..models import ModelFamily
 
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds this to the norm
+
 
 @dataclass(frozen=True)
 class LocalTraining:

@@ -22,7 +22,8 @@ import math
 import numba
 import numpy as np
 
-CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+from .local import CLIP_EPS
+
 FASTMATH = {"reassoc", "contract", "nsz"}  # vectorized sums; infinities and NaNs keep their meaning
 
 
