@@ -55,13 +55,25 @@ class ModelLayout:
     """The global model's channel groups (sizes N_g in network order) and parameter specs.
 
     `classifier`: the tensors whose axis 0 runs over the classes (the logits' layer); label
-    masking weights their rows. Empty for layouts built for aggregation alone."""
+    masking weights their rows. Empty for layouts built for aggregation alone.
+
+    `group_segments`: R_g per group (docs/algorithm.md#segments; empty: 1 for every group). A group
+    of R_g segments (attention heads) spans N_g = R_g * d_g channels on its axes: the group's index
+    set of d_g channels applies inside every segment, and the axis has R_g * K tile positions of
+    B_g = d_g / K channels."""
 
     group_sizes: tuple[int, ...]
     params: tuple[ParamSpec, ...]
     classifier: tuple[str, ...] = ()
+    group_segments: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.group_segments:
+            if len(self.group_segments) != len(self.group_sizes):
+                raise ValueError(f"layout: {len(self.group_segments)} segment counts for {len(self.group_sizes)} groups")
+            for g, (n, r) in enumerate(zip(self.group_sizes, self.group_segments, strict=True)):
+                if r < 1 or n % r:
+                    raise ValueError(f"layout: channel group {g} of size {n} does not hold {r} equal segments")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"layout: tensor names repeat: {sorted({n for n in names if names.count(n) > 1})}")
@@ -105,9 +117,17 @@ class ModelLayout:
                 return p
         raise KeyError(name)
 
+    def segments(self, group: int) -> int:
+        """R_g: how many equal segments the group's axes hold (1 unless declared)."""
+        return self.group_segments[group] if self.group_segments else 1
+
+    def segment_size(self, group: int) -> int:
+        """d_g = N_g / R_g: the channels one segment holds, over which plans choose index sets."""
+        return self.group_sizes[group] // self.segments(group)
+
     def block_sizes(self, num_blocks: int) -> tuple[int, ...]:
-        """B_g = N_g / K for every group."""
-        return tuple(n // num_blocks for n in self.group_sizes)
+        """B_g = d_g / K for every group."""
+        return tuple(self.segment_size(g) // num_blocks for g in range(len(self.group_sizes)))
 
     def sub_shape(self, spec: ParamSpec, indices: Sequence[Tensor]) -> tuple[int, ...]:
         """Shape of the client tensor for per-group channel `indices`."""
