@@ -72,6 +72,7 @@ class FamilyConfig(_Section):
 
     arch: str
     needs_images: ClassVar[bool] = False  # inputs must be (channels, height, width)
+    needs_tokens: ClassVar[bool] = False  # inputs are token ids (a language model)
 
     @property
     @abstractmethod
@@ -175,6 +176,53 @@ class PreResNetConfig(NormedConfig):
                 for s, w in enumerate(self.widths) if w % num_blocks]
 
 
+class TransformerConfig(FamilyConfig):
+    """A pre-norm causal Transformer language model (docs/algorithm.md#model-families): `layers`
+    blocks of multi-head attention (`heads` heads, all kept in every sub-model, each sliced inside)
+    and a GELU MLP of `mlp` hidden units, model dimension `dim`, learned positions up to `context`."""
+
+    arch: Literal["transformer"] = "transformer"
+    needs_tokens: ClassVar[bool] = True
+    layers: int = Field(4, ge=1)
+    dim: int = Field(256, ge=1)
+    heads: int = Field(8, ge=1)
+    mlp: int = Field(1024, ge=1)
+    context: int = Field(80, ge=1, description="the longest sequence the model reads (its positional table)")
+    scaler: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """The model dimension, then per layer its attention (heads x head_dim) and MLP groups."""
+        return [self.dim, *(n for _ in range(self.layers) for n in (self.dim, self.mlp))]
+
+    @property
+    def group_segments(self) -> list[int]:
+        """R_g: each layer's attention group holds one segment per head."""
+        return [1, *(r for _ in range(self.layers) for r in (self.heads, 1))]
+
+    def narrowed(self, num_blocks: int) -> Self:
+        return self.model_copy(update={"dim": self.dim // num_blocks, "mlp": self.mlp // num_blocks})
+
+    def size_problems(self) -> list[str]:
+        if self.dim % self.heads:
+            return [f"model.heads: {self.heads} heads do not divide model.dim = {self.dim}"]
+        return []
+
+    def block_problems(self, num_blocks: int) -> list[str]:
+        k = num_blocks
+        out = [f"model.dim: {self.dim} is not divisible by K = {k} blocks"] if self.dim % k else []
+        if self.head_dim % k:
+            out.append(f"model.heads: the head dimension dim / heads = {self.head_dim} is not divisible by K = {k} "
+                       "blocks (every head is sliced inside)")
+        if self.mlp % k:
+            out.append(f"model.mlp: {self.mlp} is not divisible by K = {k} blocks")
+        return out
+
+
 def _arch_of(value: Any) -> str | None:
     """The family tag of a [model] section; a section without `arch` is an MLP."""
     if isinstance(value, dict):
@@ -183,8 +231,10 @@ def _arch_of(value: Any) -> str | None:
 
 
 ModelConfig = Annotated[Annotated[MLPConfig, Tag("mlp")] | Annotated[CNNConfig, Tag("cnn")]
-                        | Annotated[PreResNetConfig, Tag("preresnet18")], Discriminator(_arch_of)]
-MODEL_CONFIGS: tuple[type[FamilyConfig], ...] = (MLPConfig, CNNConfig, PreResNetConfig)  # the members of ModelConfig
+                        | Annotated[PreResNetConfig, Tag("preresnet18")]
+                        | Annotated[TransformerConfig, Tag("transformer")], Discriminator(_arch_of)]
+MODEL_CONFIGS: tuple[type[FamilyConfig], ...] = (MLPConfig, CNNConfig, PreResNetConfig,
+                                                 TransformerConfig)  # the members of ModelConfig
 MODEL_ARCHS = tuple(str(c.model_fields["arch"].default) for c in MODEL_CONFIGS)  # one per family in models/
 
 

@@ -72,7 +72,7 @@ def error_of(raw=None, overrides=()):
     (["model.scale=0.3"], "model.scale", "not a positive integer"),
     (["model.norm=gn", "model.norm_groups=3"], "model.norm_groups", "do not divide"),
     (["model.arch=cnn", "data.dataset=mnist1d"], "model.arch", "image data"),
-    (["model.arch=resnet"], "model.arch", "unknown model family 'resnet' (one of 'mlp', 'cnn', 'preresnet18')"),
+    (["model.arch=resnet"], "model.arch", "unknown model family 'resnet' (one of 'mlp', 'cnn', 'preresnet18', 'transformer')"),
     (["model.arch=preresnet18", "data.dataset=mnist1d"], "model.arch", "'preresnet18' needs image data"),
     (["model.arch=preresnet18", "model.widths=[64, 128, 256, 500]", "clients.widths=['1/8']"], "model.widths",
      "stage 3 width 500 is not divisible by K = 8"),

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tiny_family import TinyConfig, TinyNet
 from torch import Tensor
 
 import fedbrb_fast
-from fedbrb_fast.config import MODEL_ARCHS, CNNConfig, FamilyConfig, MLPConfig, PreResNetConfig
+from fedbrb_fast.config import MODEL_ARCHS, CNNConfig, FamilyConfig, MLPConfig, PreResNetConfig, TransformerConfig
 from fedbrb_fast.models import (
     FAMILIES,
     ModelFamily,
@@ -29,7 +28,8 @@ from fedbrb_fast.models import (
     stacked_forward_of,
     vmapped_forward,
 )
-from fedbrb_fast.models.layout import FAN_IN_ROLES, ROLES
+from fedbrb_fast.models.layout import FAN_IN_ROLES, ROLES, ModelLayout
+from fedbrb_fast.training.local import token_cross_entropy
 
 CLASSES = 5
 # Per family, small instances (its [model] section, input shape); a new family adds its own here.
@@ -38,6 +38,8 @@ CASES: dict[str, list[tuple[FamilyConfig, tuple[int, ...]]]] = {
     "cnn": [(CNNConfig(hidden=[8, 16, 8], norm=norm, norm_groups=2), (2, 9, 9)) for norm in ("none", "bn", "gn")],
     "preresnet18": [(PreResNetConfig(widths=[4, 8, 8, 4], norm=norm, norm_groups=2), (2, 8, 8))
                     for norm in ("bn", "gn", "none")],
+    "transformer": [(TransformerConfig(layers=2, dim=16, heads=2, mlp=8, context=7, scaler=scaler), (6,))
+                    for scaler in (True, False)],
     "tiny": [(TinyConfig(widths=(8, 12)), (12,))],
 }
 CASE_IDS = [(arch, i) for arch, cases in CASES.items() for i in range(len(cases))]
@@ -54,6 +56,30 @@ def registry() -> Iterator[tuple[str, ...]]:
 def build(arch: str, i: int) -> tuple[ModelFamily, tuple[int, ...]]:
     cfg, shape = CASES[arch][i]
     return build_family(cfg, shape, CLASSES), shape
+
+
+def inputs(arch: str, i: int, batch: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Random inputs of a case: token ids for a language model, standard normal values otherwise."""
+    cfg, shape = CASES[arch][i]
+    if cfg.needs_tokens:
+        return torch.randint(0, CLASSES, (*batch, *shape), generator=generator)
+    return torch.randn(*batch, *shape, generator=generator)
+
+
+def targets(arch: str, i: int, batch: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Labels of a case: one per sample, or one next token per position for a language model."""
+    cfg, shape = CASES[arch][i]
+    return torch.randint(0, CLASSES, (*batch, *(shape if cfg.needs_tokens else ())), generator=generator)
+
+
+def random_indices(layout: ModelLayout, width: float, generator: torch.Generator) -> tuple[Tensor, ...]:
+    """Per group a random index set of width * d_g channels, the same inside every segment."""
+    out = []
+    for g in range(len(layout.group_sizes)):
+        d = layout.segment_size(g)
+        idx = torch.randperm(d, generator=generator)[: int(width * d)].sort().values
+        out.append(torch.cat([r * d + idx for r in range(layout.segments(g))]))
+    return tuple(out)
 
 
 def test_every_registered_family_has_cases_and_a_config(registry):
@@ -100,34 +126,29 @@ def test_layout_invariants(registry, arch, i):
             assert spec.fan_in is not None and float(t.abs().max()) <= 1 / math.sqrt(spec.fan_in)
     again = model.init(torch.Generator().manual_seed(0))
     assert all(torch.equal(params[k], again[k]) for k in params)
-    x = torch.randn(4, *shape)
-    assert model.forward(params, x).shape == (4, CLASSES)
+    x = inputs(arch, i, (4,))
+    assert model.forward(params, x).shape == (4, *targets(arch, i, (4,)).shape[1:], CLASSES)
     assert model.flops_per_sample(list(layout.group_sizes), shape) > 0
 
 
-def client_batches(model: ModelFamily, shape: tuple[int, ...], seed: int = 0, width: float = 0.5):
+def client_batches(arch: str, i: int, model: ModelFamily, seed: int = 0, width: float = 0.5):
     """Three clients' sub-models of `width` (random index sets per group, stacked), padded batches
     x [3, 6, *shape] with masks of 6, 1 and 3 real samples (not a prefix), labels."""
     g = torch.Generator().manual_seed(seed)
     params = model.init(g)
-    subs = []
-    for _ in range(3):
-        idx = tuple(torch.randperm(n, generator=g)[: int(width * n)].sort().values
-                    for n in model.layout.group_sizes)
-        subs.append(extract(params, model.layout, idx))
+    subs = [extract(params, model.layout, random_indices(model.layout, width, g)) for _ in range(3)]
     stacked = {name: torch.stack([s[name] for s in subs]) for name in model.layout.names}
     mask = torch.zeros(3, 6, dtype=torch.bool)
     mask[0] = True
     mask[1, 4] = True
     mask[2, [0, 2, 5]] = True
-    x = torch.randn(3, 6, *shape, generator=g)
-    y = torch.randint(0, CLASSES, (3, 6), generator=g)
-    return subs, stacked, x, mask, y
+    return subs, stacked, inputs(arch, i, (3, 6), g), mask, targets(arch, i, (3, 6), g)
 
 
 def per_client_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """Sum over clients of each client's mean cross-entropy over its real samples."""
-    per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(mask.shape)
+    """Sum over clients of each client's mean cross-entropy over its real samples (a sample's:
+    the mean over its labels)."""
+    per_sample = token_cross_entropy(logits, y, reduction="none").view(*mask.shape, -1).mean(dim=2)
     per_sample = torch.where(mask, per_sample, torch.zeros((), dtype=per_sample.dtype))
     return (per_sample.sum(dim=1) / mask.sum(dim=1)).sum()
 
@@ -142,7 +163,7 @@ def stacked_outputs(forward, stacked: dict[str, Tensor], x: Tensor, mask: Tensor
 @pytest.mark.parametrize("arch,i", CASE_IDS)
 def test_reference_vmapped_and_stacked_forwards_and_gradients_agree(registry, float64, arch, i):
     model, shape = build(arch, i)
-    subs, stacked, x, mask, y = client_batches(model, shape)
+    subs, stacked, x, mask, y = client_batches(arch, i, model)
     beta = 0.5
 
     def vmapped(p, xs, m):
@@ -154,14 +175,15 @@ def test_reference_vmapped_and_stacked_forwards_and_gradients_agree(registry, fl
         forwards["stacked"] = lambda p, xs, m: hand_written.forward_stacked(p, xs, m, beta=beta, train=True)
     results = {name: stacked_outputs(f, stacked, x, mask, y) for name, f in forwards.items()}
     # Padding changes nothing: other values in the padded rows, same logits and gradients.
-    noisy = torch.where(mask.view(*mask.shape, *([1] * len(shape))), x, 100 * torch.randn_like(x))
+    other = inputs(arch, i, (3, 6)) if CASES[arch][i][0].needs_tokens else 100 * torch.randn_like(x)
+    noisy = torch.where(mask.view(*mask.shape, *([1] * len(shape))), x, other)
     padded_again = stacked_outputs(vmapped, stacked, noisy, mask, y)
 
     for c, sub in enumerate(subs):
         real = mask[c]
         leaves = {k: v.clone().requires_grad_(True) for k, v in sub.items()}
         logits = model.forward(leaves, x[c][real], beta=beta, train=True)
-        loss = F.cross_entropy(logits, y[c][real])
+        loss = token_cross_entropy(logits, y[c][real])
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
         for name, (got_logits, got_grads) in [*results.items(), ("vmapped, other padding", padded_again)]:
             assert torch.allclose(got_logits[c][real], logits.detach(), atol=1e-10, rtol=1e-10), (name, c)
@@ -173,7 +195,7 @@ def test_reference_vmapped_and_stacked_forwards_and_gradients_agree(registry, fl
 # layer names the MLP and CNN happen to use (config keys such as "hidden" and "norm" are fine).
 NAME_GUESS = re.compile(r"\.(weight|bias)$|^(out|norm|hidden)\d*\.|^(norm|hidden)\d+$")
 FAMILY_MODULES = {"models/mlp.py", "models/cnn.py", "models/preresnet.py", "models/preresnet_stacked.py",
-                  "models/layout.py"}  # families name tensors
+                  "models/transformer.py", "models/layout.py"}  # families name tensors
 
 
 def _string_literals(tree: ast.AST) -> Iterator[tuple[int, str]]:

@@ -113,7 +113,7 @@ class DistributedEngine(Engine):
         correct, loss_sum = evaluation_sums(model, params, x, y, batch_size, shard)
         total = self.ranks.all_reduce(torch.tensor([correct, loss_sum], dtype=torch.float64),
                                       "the all-reduce of the evaluation sums")
-        return float(total[0]) / len(y), float(total[1]) / len(y)
+        return float(total[0]) / y.numel(), float(total[1]) / y.numel()
 
     def any_rank(self, flag: bool) -> bool:
         if self.ranks.world_size == 1:

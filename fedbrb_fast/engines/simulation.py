@@ -5,6 +5,7 @@ its shard of the clients, and the engine's `combine` and `evaluate` add up the r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class RoundRecord:
     method: str
     accuracy: float | None
     loss: float | None
+    perplexity: float | None  # exp(loss) for a language model's next-token loss, else None
     train_loss: float | None
     lr: float
     lam: float | None
@@ -172,6 +174,7 @@ class Simulation:
             method=cfg.method.name,
             accuracy=accuracy,
             loss=loss,
+            perplexity=math.exp(min(loss, 700.0)) if loss is not None and cfg.model.needs_tokens else None,
             train_loss=sum(kept) / len(kept) if kept else None,
             lr=lr,
             lam=lam if cfg.method.name == "fedbrb" else None,

@@ -3,7 +3,7 @@ any client model is a gather of the global one."""
 
 from __future__ import annotations
 
-from ..config import CNNConfig, ExperimentConfig, MLPConfig, PreResNetConfig
+from ..config import CNNConfig, ExperimentConfig, MLPConfig, PreResNetConfig, TransformerConfig
 from .cnn import CNN
 from .family import (
     FunctionalView,
@@ -16,14 +16,16 @@ from .layout import ModelLayout, ParamSpec, Role, extract, full_indices, gather_
 from .mlp import MLP
 from .preresnet import PreResNet
 from .registry import FAMILIES, build_family, register_family, registered_archs
+from .transformer import Transformer
 
 __all__ = ["CNN", "FAMILIES", "MLP", "FunctionalView", "ModelFamily", "ModelLayout", "ParamSpec", "PreResNet",
-           "Role", "StackedFamily", "build_family", "build_model", "extract", "full_indices", "gather_tensor",
-           "register_family", "registered_archs", "stacked_forward_of", "vmapped_forward"]
+           "Role", "StackedFamily", "Transformer", "build_family", "build_model", "extract", "full_indices",
+           "gather_tensor", "register_family", "registered_archs", "stacked_forward_of", "vmapped_forward"]
 
 register_family("mlp", MLPConfig, MLP.from_config)
 register_family("cnn", CNNConfig, CNN.from_config)
 register_family("preresnet18", PreResNetConfig, PreResNet.from_config)
+register_family("transformer", TransformerConfig, Transformer.from_config)
 
 
 def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFamily:

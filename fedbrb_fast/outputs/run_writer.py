@@ -14,8 +14,8 @@ from ..config import ExperimentConfig, config_to_toml
 from ..profiling import PHASES
 from .atomic import append_lines_together, atomic_write_text
 
-METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "train_loss", "lr", "lam", "clients", "dropped", "excluded",
-                  *(f"sec_{p}" for p in (*PHASES, "total")))
+METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "perplexity", "train_loss", "lr", "lam", "clients",
+                  "dropped", "excluded", *(f"sec_{p}" for p in (*PHASES, "total")))
 
 
 class RunWriter:

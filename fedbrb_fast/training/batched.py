@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import ModelFamily, stacked_forward_of, vmapped_forward
@@ -33,7 +32,7 @@ from ..seeding import STREAM_TRAIN, torch_generators
 from .client_major import train_client_major
 from .data_span_linear import DataSpanLinearWeight, use_data_span
 from .implicit_linear import ImplicitLinearWeight, shares_slices, use_implicit
-from .local import CLIP_EPS, LocalTraining, epoch_orders
+from .local import CLIP_EPS, LocalTraining, epoch_orders, token_cross_entropy
 
 if TYPE_CHECKING:  # the Triton path is optional: its module loads only when used
     from ..kernels.grouped_gemm_problems import GroupedProblems
@@ -187,10 +186,11 @@ def train_stacked(model: ModelFamily, params: Mapping[str, Tensor | SliceSet], x
             logits = stacked.forward_stacked(leaves, x, mask, beta=beta, train=True, linear=linear)
         else:
             logits = vmapped_forward(model, leaves, x, mask, beta=beta, train=True)
-        if label_mask is not None:
-            logits = logits.masked_fill(~label_mask[:k].unsqueeze(1), float("-inf"))
-        labels = take_rows(y_all, rows).flatten()
-        per_sample = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none").view(mask.shape)
+        if label_mask is not None:  # [k, classes] over logits [k, b, (L,) classes]
+            logits = logits.masked_fill(~label_mask[:k].view(k, *[1] * (logits.dim() - 2), -1), float("-inf"))
+        labels = take_rows(y_all, rows)
+        # a sample's loss is the mean over its labels (one, or one per token), as the reference's batch mean
+        per_sample = token_cross_entropy(logits, labels, reduction="none").view(*mask.shape, -1).mean(dim=2)
         per_sample = torch.where(mask, per_sample, torch.zeros((), dtype=per_sample.dtype))
         per_client = per_sample.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
         outputs = [records[layer][1] for layer in layers]

@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import ModelFamily
+from .local import token_cross_entropy
 
 
 @torch.no_grad()
 def evaluate(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
              batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over fixed, in-order batches; static BatchNorm uses each
-    batch's statistics, so the batch size is part of the evaluation protocol."""
+    """(accuracy, mean cross-entropy) per label (per sample, or per token for next-token
+    targets [n, L]) over fixed, in-order batches; static BatchNorm uses each batch's statistics,
+    so the batch size is part of the evaluation protocol."""
     correct, loss_sum = evaluation_sums(model, params, x, y, batch_size, range(len(y)))
-    return correct / len(y), loss_sum / len(y)
+    return correct / y.numel(), loss_sum / y.numel()
 
 
 def evaluation_shard(model: ModelFamily, num_samples: int, batch_size: int, rank: int, world_size: int) -> range:
@@ -41,6 +42,6 @@ def evaluation_sums(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor,
         stop = min(start + batch_size, samples.stop)
         logits = model.forward(params, x[start:stop], train=False)
         target = y[start:stop]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
+        loss_sum += float(token_cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == target).sum())
     return correct, loss_sum

@@ -50,6 +50,12 @@ def minibatches(num_samples: int, batch_size: int, epochs: int, generator: torch
     return [b for perm in epoch_orders(num_samples, epochs, generator) for b in perm.split(batch_size)]
 
 
+def token_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits [*, classes] against target ids [*]: one label per sample
+    (classification) or one per token (a language model's next-token targets [b, L])."""
+    return F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction=reduction)
+
+
 def masked_logits(logits: Tensor, label_mask: Tensor | None) -> Tensor:
     """Label masking: classes absent from the client's data leave the softmax."""
     return logits if label_mask is None else logits.masked_fill(~label_mask, float("-inf"))
@@ -64,7 +70,7 @@ def train_client(model: ModelFamily, params: Mapping[str, Tensor], x: Tensor, y:
     total, steps = 0.0, 0
     for batch in minibatches(len(y), hp.batch_size, hp.epochs, generator):
         logits = masked_logits(model.forward(trained, x[batch], beta=beta, train=True), label_mask)
-        loss = F.cross_entropy(logits, y[batch])
+        loss = token_cross_entropy(logits, y[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if hp.clip_norm is not None:
