@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from plain_modules import PlainNet, PlainPreResNet
+from plain_modules import PlainNet, PlainPreResNet, PlainTransformer
 from torch import Tensor, nn
 
 from fedbrb_fast.aggregation import AggregationRule
 from fedbrb_fast.data import FederatedData
-from fedbrb_fast.models import CNN, MLP, ModelLayout, ParamSpec
+from fedbrb_fast.models import CNN, MLP, ModelLayout, ParamSpec, Transformer
 from fedbrb_fast.models.preresnet import PreResNet, blocks
 from fedbrb_fast.plans import ClientPlan
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
@@ -46,7 +46,7 @@ def split_model(params: Mapping[str, Tensor], layout: ModelLayout, indices: Sequ
             .clone() for s in layout.params}
 
 
-PlainFamily = MLP | CNN | PreResNet  # the families the plain loop has modules for
+PlainFamily = MLP | CNN | PreResNet | Transformer  # the families the plain loop has modules for
 
 
 def client_module(model: PlainFamily, plan: ClientPlan) -> nn.Module:
@@ -56,6 +56,8 @@ def client_module(model: PlainFamily, plan: ClientPlan) -> nn.Module:
         stage_widths = [widths[b.out_stream] for b in blocks(len(model.widths))][::2]  # each stage's stream
         return PlainPreResNet(model.in_channels, stage_widths, model.num_classes, norm=model.norm,
                               norm_groups=model.norm_groups, scaler=model.scaler, rate=plan.width)
+    if isinstance(model, Transformer):
+        return PlainTransformer(model, widths, plan.width)
     return PlainNet(model, widths, plan.width)
 
 
@@ -69,7 +71,8 @@ def train_client(model: PlainFamily, state: dict[str, Tensor], plan: ClientPlan,
         perm = torch.randperm(len(y), generator=generator).to(x.device)
         for batch in perm.split(hp.batch_size):
             opt.zero_grad()
-            loss = F.cross_entropy(net(x[batch]), y[batch])
+            logits = net(x[batch])  # [b, classes], or [b, L, vocab] for next-token targets [b, L]
+            loss = F.cross_entropy(logits.flatten(0, -2), y[batch].flatten())
             loss.backward()
             if hp.clip_norm is not None:
                 nn.utils.clip_grad_norm_(net.parameters(), hp.clip_norm)
@@ -87,12 +90,13 @@ class ClientResult:
 def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequence[ClientResult],
               rule: AggregationRule) -> dict[str, Tensor]:
     """Per parameter, per client: `tmp[meshgrid] += w * theta` (overlap averaging) or the
-    broadcast sums A, C (per element) and S, W (per in-tile offset)."""
+    broadcast sums A, C (per element) and S, W (per in-tile offset; an axis of R segments, such as
+    attention heads, has R * K tile positions)."""
     new = {}
     for spec in layout.params:
         p = params[spec.name]
-        sliced = {a for a, g in enumerate(spec.axis_groups) if g is not None}
-        tile = [n // rule.num_blocks if a in sliced else n for a, n in enumerate(spec.shape)]
+        positions_along = [1 if g is None else rule.num_blocks * layout.segments(g) for g in spec.axis_groups]
+        tile = [n // k for n, k in zip(spec.shape, positions_along, strict=True)]
         num, den = torch.zeros_like(p), torch.zeros_like(p)
         s_sum, w_sum = torch.zeros(tile, device=p.device), torch.zeros(tile, device=p.device)
         for r in results:
@@ -112,7 +116,7 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
         if rule.kind == "overlap":
             new[spec.name] = torch.where(den > 0, num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
         else:
-            reps = [rule.num_blocks if a in sliced else 1 for a in range(p.dim())]
+            reps = positions_along
             top = (1 - rule.lam) * num + rule.lam * s_sum.repeat(reps)
             bottom = (1 - rule.lam) * den + rule.lam * w_sum.repeat(reps)
             new[spec.name] = torch.where(bottom > 0, p + top / bottom.clamp_min(torch.finfo(p.dtype).tiny), p)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedbrb_fast.models import CNN, MLP
+from fedbrb_fast.models import CNN, MLP, Transformer
 
 BLOCKS_PER_STAGE = 2
 
@@ -115,3 +116,48 @@ class PlainPreResNet(nn.Module):
                 h = getattr(stage, f"block{j}")(h)
         h = F.relu(self.final_norm(self.scaler(h)))
         return self.out(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+class PlainBlock(nn.Module):
+    """A pre-norm Transformer block: causal multi-head attention, then a GELU MLP; scalers where
+    HeteroFL's and FedRolex's Transformers have them (Q, K, V and output projections, MLP hidden
+    pre-activation and output)."""
+
+    def __init__(self, dim: int, att: int, hidden: int, heads: int, scaler: nn.Module) -> None:
+        super().__init__()
+        self.heads, self.scaler = heads, scaler
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v = nn.Linear(dim, att), nn.Linear(dim, att), nn.Linear(dim, att)
+        self.o = nn.Linear(att, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, length, _ = h.shape
+        a = self.norm1(h)
+        q, k, v = (self.scaler(proj(a)).view(b, length, self.heads, -1).transpose(1, 2)
+                   for proj in (self.q, self.k, self.v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, length, -1)
+        h = h + self.scaler(self.o(att))
+        return h + self.scaler(self.fc2(F.gelu(self.scaler(self.fc1(self.norm2(h))))))
+
+
+class PlainTransformer(nn.Module):
+    """Token and position embeddings (scaled), pre-norm blocks, final LayerNorm, vocabulary logits."""
+
+    def __init__(self, model: Transformer, widths: Sequence[int], rate: float) -> None:
+        super().__init__()
+        scale = Scaler(rate) if model.scaler and rate != 1.0 else nn.Identity()
+        dim = widths[0]
+        self.embed, self.pos = nn.Embedding(model.vocab, dim), nn.Embedding(model.context, dim)
+        for layer in range(model.layers):
+            self.add_module(f"layer{layer}", PlainBlock(dim, widths[1 + 2 * layer], widths[2 + 2 * layer],
+                                                        model.heads, scale))
+        self.layers, self.scaler = model.layers, scale
+        self.norm, self.out = nn.LayerNorm(dim), nn.Linear(dim, model.vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        h = self.scaler(self.embed(x) + self.pos(positions))
+        for layer in range(self.layers):
+            h = getattr(self, f"layer{layer}")(h)
+        return self.out(self.norm(h))
