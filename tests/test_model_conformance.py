@@ -195,7 +195,7 @@ def test_reference_vmapped_and_stacked_forwards_and_gradients_agree(registry, fl
 # layer names the MLP and CNN happen to use (config keys such as "hidden" and "norm" are fine).
 NAME_GUESS = re.compile(r"\.(weight|bias)$|^(out|norm|hidden)\d*\.|^(norm|hidden)\d+$")
 FAMILY_MODULES = {"models/mlp.py", "models/cnn.py", "models/preresnet.py", "models/preresnet_stacked.py",
-                  "models/transformer.py", "models/layout.py"}  # families name tensors
+                  "models/transformer.py", "models/transformer_stacked.py", "models/layout.py"}  # families name tensors
 
 
 def _string_literals(tree: ast.AST) -> Iterator[tuple[int, str]]:

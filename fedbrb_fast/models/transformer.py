@@ -23,8 +23,8 @@ from ..config import TransformerConfig
 from .functional import scale_activation
 from .init import init_params
 from .layout import ModelLayout, ParamSpec
-
-LN_EPS = 1e-5
+from .stacked import LinearLayer, StackedLinear
+from .transformer_stacked import LN_EPS, transformer_forward_stacked
 
 
 def transformer_layout(vocab: int, context: int, dim: int, heads: int, mlp: int, layers: int) -> ModelLayout:
@@ -61,6 +61,9 @@ class Transformer:
 
     arch = "transformer"
     batch_coupled = False  # LayerNorm normalizes each token alone
+    # forward_stacked trains every tensor through autograd: no linear layer's update is fused
+    stacked_linears: Mapping[str, LinearLayer] = {}
+    input_layer: str | None = None
 
     def __init__(self, vocab: int, *, context: int, dim: int, heads: int, mlp: int, layers: int,
                  scaler: bool = True) -> None:
@@ -101,6 +104,13 @@ class Transformer:
             h = h + scale(F.linear(m, params[p + "fc2.weight"], params[p + "fc2.bias"]))
         h = _layer_norm(h, params["norm.weight"], params["norm.bias"])
         return F.linear(h, params["out.weight"], params["out.bias"])
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
+                        train: bool = False, linear: StackedLinear | None = None) -> Tensor:
+        """Clients stacked: params [n, ...], x [n, b, L] -> logits [n, b, L, vocab] (`mask` and
+        `linear` unused: no statistic spans samples and no layer is declared for fusing)."""
+        factor = 1.0 / beta if self.scaler and train else 1.0
+        return transformer_forward_stacked(params, x, layers=self.layers, heads=self.heads, factor=factor)
 
     def _heads(self, t: Tensor) -> Tensor:
         """[b, L, heads * d] -> [b, heads, L, d]: each head's channels are one segment of the axis."""
