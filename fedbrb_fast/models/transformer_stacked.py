@@ -4,8 +4,8 @@ Weightless steps see the clients as more samples: attention runs as one fused
 `scaled_dot_product_attention` over [n * b] sequences, so no client's [heads, L, L] score matrix is
 ever written out (under vmap the functional forward's written-out attention materializes them all,
 and its masking, scaling and softmax passes over them took 3x the whole stacked step). Every linear
-layer is one batched GEMM over the client's b * L tokens, with the scaler folded into the GEMM's
-factors (`baddbmm`'s alpha and beta: no pass over the activations); LayerNorm normalizes each token
+layer is one batched GEMM over the client's b * L tokens, with the scaler folded into its weight
+and bias (no pass over the activations); LayerNorm normalizes each token
 without its affine, which is then applied per client.
 """
 
@@ -46,10 +46,12 @@ def transformer_forward_stacked(params: Mapping[str, Tensor], x: Tensor, *, laye
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor, factor: float) -> Tensor:
     """factor * (h W^T + b) for h [n, b, L, in], weight [n, out, in], bias [n, out] -> [n, b, L, out]:
-    one batched GEMM, the factor applied by it."""
+    one batched GEMM, the factor applied to the weight and bias (far smaller than h: baddbmm's
+    alpha would scale the gradient of every activation in the backward pass instead)."""
     n, b, length, _ = h.shape
-    out = torch.baddbmm(bias.unsqueeze(1), h.reshape(n, b * length, -1), weight.transpose(1, 2),
-                        beta=factor, alpha=factor)
+    if factor != 1.0:
+        weight, bias = weight * factor, bias * factor
+    out = torch.baddbmm(bias.unsqueeze(1), h.reshape(n, b * length, -1), weight.transpose(1, 2))
     return out.view(n, b, length, -1)
 
 
