@@ -74,9 +74,8 @@ class DataConfig(_Section):
                          "seq_len + 1 characters of one role")
     min_sequences: int = Field(2, ge=2, description="token datasets: samples a role needs to be a client "
                                "(2: one train and one test sample)")
-    max_test_sequences: int | None = Field(2000, ge=1, description="token datasets: cap on the pooled test "
-                                           "samples (a seeded sample; evaluating a Transformer on the CPU is "
-                                           "costly); none: every chosen role's test samples")
+    max_test_sequences: int = Field(2000, ge=0, description="token datasets: cap on the pooled test samples (a "
+                                    "seeded subset; evaluating a Transformer on the CPU is costly); 0: no cap")
 
 
 class FamilyConfig(_Section):

@@ -108,11 +108,12 @@ def texts_folder() -> Path:
     return Path(str(resources.files(package).joinpath("texts")))
 
 
-def read_roles(folder: Path | None = None, plays: Sequence[str] = PLAYS) -> list[Role]:
-    """Every role with text in `plays` (files in `folder`, default the package's), in corpus order."""
+def read_roles(folder: Path | None = None, plays: Sequence[str] | None = None) -> list[Role]:
+    """Every role with text in `plays` (default PLAYS) in `folder` (default the package's texts), in
+    corpus order."""
     folder = texts_folder() if folder is None else folder
     roles = []
-    for play in plays:
+    for play in PLAYS if plays is None else plays:
         for name, text in parse_play(folder / play).items():
             if text:
                 roles.append(Role(play, name, text))
