@@ -215,9 +215,9 @@ def _check_vocabulary(out: Path, expected: str | None) -> None:
     except ValueError as exc:
         raise CheckpointError(f"cannot resume the run in {str(out)!r}: {exc}") from None
     if saved != expected:
-        raise CheckpointError(f"the run in {str(out)!r} was trained with {_describe_vocabulary(saved)} (its "
-                              f"{VOCABULARY}), but this run's data has {_describe_vocabulary(expected)}; nothing was "
-                              "changed")
+        record = f"its {VOCABULARY}" if saved is not None else f"no {VOCABULARY}"
+        raise CheckpointError(f"the run in {str(out)!r} was trained with {_describe_vocabulary(saved)} ({record}), "
+                              f"but this run's data has {_describe_vocabulary(expected)}; nothing was changed")
 
 
 def _describe_vocabulary(vocabulary: str | None) -> str:

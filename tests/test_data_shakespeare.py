@@ -406,7 +406,7 @@ def test_a_vocabulary_mismatch_on_resume_is_refused_before_any_work(tmp_path, ti
     with pytest.raises(CheckpointError, match="vocabulary.json: not a vocabulary record"):
         run_experiment(cfg, data=dataclasses.replace(fd, vocabulary="ab\n"), resume=True)
     (out / "vocabulary.json").unlink()
-    with pytest.raises(CheckpointError, match="trained with no vocabulary .* has the 3-entry vocabulary"):
+    with pytest.raises(CheckpointError, match=r"trained with no vocabulary \(no vocabulary.json\), but .* has the 3-"):
         run_experiment(cfg, data=dataclasses.replace(fd, vocabulary="ab\n"), resume=True)
     (out / "vocabulary.json").write_text(json.dumps({"vocabulary": "ab\n"}) + "\n")
     assert tree_digest(out) == before  # the refusals changed nothing

@@ -25,8 +25,10 @@ The text format relied on (checked on all 37 files; a file that breaks it is ref
   line. A speaker line alone in its paragraph names the speaker of the paragraphs that follow. A
   paragraph without a speaker line continues the current speaker (the speech went on after a
   stage direction); before any speaker in a scene it belongs to no one and is dropped (Gower's
-  choruses in Pericles). As with LEAF's parser, a few lines are misread (a one-line place name
-  that looks like a name becomes an empty role, which the threshold drops).
+  choruses in Pericles). As with LEAF's parser, a few lines are misread: a place line such as
+  "Warkworth. Before the castle." reads as a speaker (who mostly says nothing: roles without text
+  are left out), and a speech that goes on after a stage direction with a short sentence such as
+  "Saddle my horse." is given to a speaker of that name (too short to pass the threshold).
 - A role is (play, speaker name): the name upper-cased, its full stops removed and spaces
   collapsed, so "Ham." and "HAM" are one role; two labels of one person ("Ham.", "Hamlet.")
   stay two roles, as in LEAF.
