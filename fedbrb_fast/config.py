@@ -30,7 +30,12 @@ from .methods import Method, uneven_groups
 
 IMAGE_DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "cifar100")
 VECTOR_DATASETS = ("mnist1d", "synthetic")
+TOKEN_DATASETS = ("shakespeare",)  # int64 character ids, next-character targets (fedbrb_fast.data.datasets)
 LOCAL_FILE_DATASETS = ("mnist", "cifar10", "cifar100")
+NATURAL_CLIENT_DATASETS = ("synthetic", "shakespeare")  # datasets that define their own clients
+# Token data has no one label per sample to split by: its own clients (natural) or an i.i.d. split
+# of the pooled sequences.
+TOKEN_PARTITIONS = ("natural", "iid")
 
 
 class ConfigError(ValueError):
@@ -55,7 +60,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100"] = "mnist5k"
+    dataset: Literal["mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100",
+                     "shakespeare"] = "mnist5k"
     root: str | None = Field(None, description="folder with MNIST IDX / CIFAR binary files")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     partition: Literal["iid", "dirichlet", "shards", "natural"] = "shards"
@@ -64,6 +70,12 @@ class DataConfig(_Section):
     synthetic_alpha: float = Field(1.0, ge=0)
     synthetic_beta: float = Field(1.0, ge=0)
     synthetic_max_samples: int | None = Field(1000, ge=50)
+    seq_len: int = Field(80, ge=1, description="token datasets: characters per input (LEAF: 80); a sample is "
+                         "seq_len + 1 characters of one role")
+    min_sequences: int = Field(2, ge=2, description="token datasets: samples a role needs to be a client "
+                               "(2: one train and one test sample)")
+    max_test_sequences: int = Field(2000, ge=0, description="token datasets: cap on the pooled test samples (a "
+                                    "seeded subset; evaluating a Transformer on the CPU is costly); 0: no cap")
 
 
 class FamilyConfig(_Section):
@@ -72,7 +84,7 @@ class FamilyConfig(_Section):
 
     arch: str
     needs_images: ClassVar[bool] = False  # inputs must be (channels, height, width)
-    needs_tokens: ClassVar[bool] = False  # inputs are token ids (a language model)
+    needs_tokens: ClassVar[bool] = False  # inputs are int64 token ids [seq_len] (TOKEN_DATASETS), not floats
 
     @property
     @abstractmethod
@@ -370,12 +382,28 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
         if bad:
             out.append(f"model.norm_groups: {m.norm_groups} groups do not divide client channel counts {bad}")
 
+    tokens = d.dataset in TOKEN_DATASETS
     if m.needs_images and d.dataset not in IMAGE_DATASETS:
-        out.append(f"model.arch: {m.arch!r} needs image data, {d.dataset!r} is a vector dataset (use arch = 'mlp')")
+        kind = "a token" if tokens else "a vector"
+        out.append(f"model.arch: {m.arch!r} needs image data, {d.dataset!r} is {kind} dataset"
+                   + ("" if tokens else " (use arch = 'mlp')"))
+    elif m.needs_tokens and not tokens:
+        out.append(f"model.arch: {m.arch!r} reads token ids, {d.dataset!r} holds float features (token datasets: "
+                   f"{', '.join(TOKEN_DATASETS)})")
+    elif tokens and not m.needs_tokens:
+        out.append(f"model.arch: {m.arch!r} reads float features, {d.dataset!r} holds character ids: use a "
+                   "model family that reads tokens")
+    elif isinstance(m, TransformerConfig) and d.seq_len > m.context:
+        out.append(f"data.seq_len: sequences of {d.seq_len} characters are longer than the model's context "
+                   f"(model.context = {m.context})")
     if d.dataset in LOCAL_FILE_DATASETS and not d.root:
         out.append(f"data.root: dataset {d.dataset!r} is read from local files; set data.root (nothing is downloaded)")
-    if d.partition == "natural" and d.dataset != "synthetic":
-        out.append(f"data.partition: 'natural' needs a dataset that defines its clients (synthetic), not {d.dataset!r}")
+    if d.partition == "natural" and d.dataset not in NATURAL_CLIENT_DATASETS:
+        out.append(f"data.partition: 'natural' needs a dataset that defines its clients "
+                   f"({', '.join(NATURAL_CLIENT_DATASETS)}), not {d.dataset!r}")
+    if tokens and d.partition not in TOKEN_PARTITIONS:
+        out.append(f"data.partition: {d.partition!r} splits by label; {d.dataset!r} is token data without one label "
+                   f"per sample: use {' or '.join(repr(p) for p in TOKEN_PARTITIONS)}")
     if cfg.train.engine == "distributed" and cfg.aggregation.backend == "reference":
         out.append("aggregation.backend: 'reference' computes no partial sums to all-reduce; the distributed engine "
                    "needs auto, torch, numba, triton or cuda")

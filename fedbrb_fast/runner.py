@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_toml, load_config
-from .data import FederatedData
+from .data import FederatedData, dataset_vocabulary
 from .engines import Simulation, build_federated_data, is_main_process
 from .methods import METHODS
 from .outputs import (
     CHECKPOINT,
     MODEL,
     SUMMARY,
+    VOCABULARY,
     OutputDirError,
     OutputWriteError,
     RunWriter,
@@ -38,6 +39,7 @@ from .outputs import (
     held_run,
     plot_accuracy,
     read_metrics,
+    read_vocabulary,
     summarize,
     survey,
 )
@@ -100,13 +102,16 @@ def run_experiment(cfg: ExperimentConfig, *, data: FederatedData | None = None, 
 
     Before any work (data loading included): a folder that already holds results is refused
     (OutputDirError) unless `overwrite`, which removes the earlier run's files once the data is
-    loaded; a folder that cannot be written is refused; a resumed checkpoint is read and checked.
+    loaded; a folder that cannot be written is refused; a resumed checkpoint is read and checked,
+    and so is the vocabulary the run saved (token data) against this run's.
     A write error during the run raises RunWriteFailed: the logs end in whole lines and the last
     checkpoint is complete, so the run can be resumed. Under the distributed engine every rank
     runs this; rank 0 alone checks the folder, writes and shows progress."""
     out = Path(out_dir if out_dir is not None else cfg.output_dir)
     main = is_main_process()
     checkpoint = _read_checkpoint(out, cfg) if resume else None
+    if resume:
+        _check_vocabulary(out, data.vocabulary if data is not None else dataset_vocabulary(cfg.data.dataset))
     if main:
         if not resume and not overwrite:
             _refuse_earlier_results(out)
@@ -124,7 +129,7 @@ def run_experiment(cfg: ExperimentConfig, *, data: FederatedData | None = None, 
         elif main:
             if overwrite:
                 clear_results(out)
-            writer.start(cfg)
+            writer.start(cfg, sim.data.vocabulary)
         with stop_on_signals() as stop:
             while not sim.finished:
                 record = sim.run_round()
@@ -200,6 +205,23 @@ def _read_checkpoint(out: Path, cfg: ExperimentConfig) -> tuple[dict[str, Tensor
     if state.get("config_sha256") != config_digest(cfg):
         raise CheckpointError(f"the checkpoint in {str(out)!r} belongs to a different config")
     return params, state
+
+
+def _check_vocabulary(out: Path, expected: str | None) -> None:
+    """A resumed run reads its tokens with the vocabulary it was trained with (vocabulary.json), or
+    with none, as it started."""
+    try:
+        saved = read_vocabulary(out)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume the run in {str(out)!r}: {exc}") from None
+    if saved != expected:
+        record = f"its {VOCABULARY}" if saved is not None else f"no {VOCABULARY}"
+        raise CheckpointError(f"the run in {str(out)!r} was trained with {_describe_vocabulary(saved)} ({record}), "
+                              f"but this run's data has {_describe_vocabulary(expected)}; nothing was changed")
+
+
+def _describe_vocabulary(vocabulary: str | None) -> str:
+    return "no vocabulary" if vocabulary is None else f"the {len(vocabulary)}-entry vocabulary {vocabulary!r}"
 
 
 def _restore(sim: Simulation, out: Path, params: dict[str, Tensor], state: dict[str, Any]) -> tuple[list, list]:

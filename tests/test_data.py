@@ -131,7 +131,7 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def test_datasets_tuple():
-    assert DATASETS == ("mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100", "shakespeare")
 
 
 def test_dataset_rejects_inconsistent_tensors():

@@ -1,6 +1,11 @@
 """Centralized datasets, loaded without any download, as one tensor bundle.
 
-Standardization uses train-set statistics only (so no test information leaks into training) and
+Two kinds of data:
+- features (images, vectors): float32 x [n, *input_shape], int64 labels y [n];
+- tokens (shakespeare): int64 ids x [n, seq_len] and next-token targets y [n, seq_len] over a
+  fixed `vocabulary` (id i is vocabulary[i]; num_classes = its length). Ids are not standardized.
+
+Standardization of features uses train-set statistics only (so no test information leaks into training) and
 is applied to train and test alike:
 - images: per channel, over samples and pixels;
 - vectors (mnist1d, synthetic): one global mean and std over all features. mnist1d is a 1-D
@@ -20,33 +25,56 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedbrb_fast.data import local_files
+from fedbrb_fast.data import local_files, shakespeare
 from fedbrb_fast.data.synthetic import generate_synthetic
+from fedbrb_fast.data.vocabulary import CHARACTERS
 from fedbrb_fast.optional import require
 
-DATASETS = ("mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100")
+DATASETS = ("mnist5k", "digits", "mnist1d", "synthetic", "mnist", "cifar10", "cifar100", "shakespeare")
+# token datasets -> their fixed vocabulary
+VOCABULARIES = {"shakespeare": CHARACTERS}
+
+
+def dataset_vocabulary(name: str) -> str | None:
+    """The vocabulary of token dataset `name` (None for feature datasets), known without loading it."""
+    return VOCABULARIES.get(name)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors elementwise has no single truth value
 class Dataset:
     name: str
-    x_train: torch.Tensor  # float32 [n, *input_shape], standardized with train statistics
-    y_train: torch.Tensor  # int64 [n]
+    x_train: torch.Tensor  # features: float32 [n, *input_shape], standardized with train statistics;
+    #                        tokens: int64 ids [n, seq_len]
+    y_train: torch.Tensor  # features: int64 [n]; tokens: int64 next-token ids [n, seq_len]
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
+    num_classes: int  # tokens: len(vocabulary)
+    input_shape: tuple[int, ...]  # tokens: (seq_len,)
     natural_clients: tuple[torch.Tensor, ...] | None = None  # per-client train indices, if defined
+    vocabulary: str | None = None  # tokens: id i is vocabulary[i]; None for features
 
     def __post_init__(self) -> None:
+        vocabulary = self.vocabulary
+        if vocabulary is not None and (len(self.input_shape) != 1 or self.num_classes != len(vocabulary)):
+            raise ValueError(f"{self.name}: token data needs input_shape (seq_len,) and num_classes = the "
+                             f"vocabulary's {len(vocabulary)} entries, got {self.input_shape} and {self.num_classes}")
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if tuple(x.shape[1:]) != self.input_shape or x.dtype != torch.float32:
+            x_dtype, y_shape = (torch.float32, (len(x),)) if vocabulary is None else (torch.int64, tuple(x.shape))
+            if tuple(x.shape[1:]) != self.input_shape or x.dtype != x_dtype:
                 raise ValueError(
-                    f"{self.name}: x_{split} is {x.dtype} {tuple(x.shape)}, expected float32 [n, *{self.input_shape}]"
+                    f"{self.name}: x_{split} is {x.dtype} {tuple(x.shape)}, expected "
+                    f"{str(x_dtype).removeprefix('torch.')} [n, *{self.input_shape}]"
                 )
-            if y.shape != (len(x),) or y.dtype != torch.int64:
-                raise ValueError(f"{self.name}: y_{split} is {y.dtype} {tuple(y.shape)}, expected int64 [{len(x)}]")
+            if tuple(y.shape) != y_shape or y.dtype != torch.int64:
+                raise ValueError(
+                    f"{self.name}: y_{split} is {y.dtype} {tuple(y.shape)}, expected int64 {list(y_shape)}"
+                )
+            if vocabulary is not None:
+                for part, ids in ((f"x_{split}", x), (f"y_{split}", y)):
+                    if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_classes):
+                        raise ValueError(f"{self.name}: {part} holds ids outside [0, {self.num_classes}): "
+                                         f"[{ids.min()}, {ids.max()}]")
 
 
 def load_dataset(
@@ -59,6 +87,9 @@ def load_dataset(
     synthetic_beta: float = 1.0,
     num_clients: int = 100,
     synthetic_max_samples: int | None = 1000,
+    seq_len: int = 80,
+    min_sequences: int = 2,
+    max_test_sequences: int | None = 2000,
 ) -> Dataset:
     """Load dataset `name` (one of DATASETS).
 
@@ -68,8 +99,13 @@ def load_dataset(
     - synthetic: FedProx Synthetic(synthetic_alpha, synthetic_beta) with `num_clients` natural
       clients, (60,); each client's 80/20 split (see fedbrb_fast.data.synthetic).
     - mnist, cifar10, cifar100: read from `root` (MNIST IDX / CIFAR binary files); their own split.
+    - shakespeare: next-character tokens of `num_clients` speaking roles of the plays in the
+      `shakespeare` package, chosen among the roles with at least `min_sequences` samples of
+      `seq_len` + 1 characters, each split by `test_fraction`; test set capped at
+      `max_test_sequences` (see fedbrb_fast.data.shakespeare).
     `seed` drives every random choice (split, generation); `test_fraction` only applies to the
-    stratified splits, the synthetic_* arguments and `num_clients` only to synthetic.
+    stratified splits and shakespeare, the synthetic_* arguments only to synthetic, `num_clients`
+    to synthetic and shakespeare, seq_len, min_sequences and max_test_sequences to shakespeare.
     """
     if name in ("mnist5k", "digits"):
         if not 0 < test_fraction < 1:
@@ -97,6 +133,9 @@ def load_dataset(
             num_classes = local_files.CIFAR_LAYOUTS[name].num_classes
         x_train, x_test = (a[f"{split}_images"].reshape(-1, *shape) for split in ("train", "test"))
         return _build(name, x_train, a["train_labels"], x_test, a["test_labels"], num_classes, shape, pixel_scale=255.0)
+    if name == "shakespeare":
+        return _shakespeare(seed=seed, num_clients=num_clients, seq_len=seq_len, min_sequences=min_sequences,
+                            test_fraction=test_fraction, max_test_sequences=max_test_sequences)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
@@ -129,6 +168,18 @@ def _mnist1d(seed: int) -> Dataset:
         np.random.set_state(np_state)
         random.setstate(py_state)
     return _build("mnist1d", data["x"], data["y"], data["x_test"], data["y_test"], 10, (args.final_seq_length,))
+
+
+def _shakespeare(*, seed: int, num_clients: int, seq_len: int, min_sequences: int, test_fraction: float,
+                 max_test_sequences: int | None) -> Dataset:
+    clients = shakespeare.build_clients(
+        shakespeare.read_roles(), seed=seed, num_clients=num_clients, seq_len=seq_len, min_sequences=min_sequences,
+        test_fraction=test_fraction, max_test_sequences=max_test_sequences,
+    )
+    (x_train, y_train), (x_test, y_test) = map(shakespeare.token_tensors, (clients.train, clients.test))
+    return Dataset(name="shakespeare", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   num_classes=len(CHARACTERS), input_shape=(seq_len,),
+                   natural_clients=tuple(torch.from_numpy(idx) for idx in clients.client_train), vocabulary=CHARACTERS)
 
 
 def _stratified_split(

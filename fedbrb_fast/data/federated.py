@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedbrb_fast.config import TOKEN_PARTITIONS
 from fedbrb_fast.data.datasets import Dataset
 from fedbrb_fast.data.partition import METHODS, partition_indices
 
@@ -29,6 +30,7 @@ class FederatedData:
     num_classes: int
     input_shape: tuple[int, ...]
     client_indices: tuple[torch.Tensor, ...]  # int64 indices into x_train, one tensor per client
+    vocabulary: str | None = None  # token data (fedbrb_fast.data.datasets.Dataset): id i is vocabulary[i]
 
     def __post_init__(self) -> None:
         n = len(self.x_train)
@@ -51,7 +53,7 @@ class FederatedData:
         return self.x_train[idx], self.y_train[idx]
 
     def client_labels(self, client: int) -> torch.Tensor:
-        """Sorted distinct labels in one client's training data."""
+        """Sorted distinct labels in one client's training data (token data: its distinct target ids)."""
         return torch.unique(self.y_train[self._indices(client)])
 
     def _indices(self, client: int) -> torch.Tensor:
@@ -72,12 +74,17 @@ def make_federated(
 ) -> FederatedData:
     """Split `dataset`'s training set among `num_clients` clients.
 
-    partition: "natural" keeps the clients the dataset defines (synthetic); "iid", "dirichlet"
-    (label skew with concentration `alpha`) or "shards" (`shards_per_client` label shards each)
-    partition the pooled training set, also for a dataset with natural clients.
+    partition: "natural" keeps the clients the dataset defines (synthetic, shakespeare); "iid",
+    "dirichlet" (label skew with concentration `alpha`) or "shards" (`shards_per_client` label
+    shards each) partition the pooled training set, also for a dataset with natural clients.
+    Token data (a dataset with a vocabulary) takes "natural" or "iid" only.
     """
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; valid partitions: {', '.join(PARTITIONS)}")
+    tokens = dataset.vocabulary is not None
+    if tokens and partition not in TOKEN_PARTITIONS:
+        raise ValueError(f"partition {partition!r} splits by label, and {dataset.name!r} is token data without one "
+                         f"label per sample; use {' or '.join(repr(p) for p in TOKEN_PARTITIONS)}")
     if partition == "natural":
         if dataset.natural_clients is None:
             raise ValueError(f"partition 'natural' needs a dataset that defines its clients; {dataset.name!r} does not")
@@ -89,8 +96,10 @@ def make_federated(
         indices = dataset.natural_clients
     else:
         rng = np.random.default_rng(np.random.SeedSequence([seed, _PARTITION_STREAM]))
+        # "iid" reads only the number of samples from the labels, so one per token sequence will do.
+        labels = dataset.y_train[:, 0] if tokens else dataset.y_train
         parts = partition_indices(
-            dataset.y_train.numpy(), num_clients, partition, rng=rng, alpha=alpha, shards_per_client=shards_per_client
+            labels.numpy(), num_clients, partition, rng=rng, alpha=alpha, shards_per_client=shards_per_client
         )
         indices = tuple(torch.from_numpy(p) for p in parts)
     return FederatedData(
@@ -101,4 +110,5 @@ def make_federated(
         num_classes=dataset.num_classes,
         input_shape=dataset.input_shape,
         client_indices=tuple(indices),
+        vocabulary=dataset.vocabulary,
     )

@@ -46,7 +46,9 @@ def build_federated_data(cfg: ExperimentConfig) -> FederatedData:
     d = cfg.data
     dataset = load_dataset(d.dataset, seed=cfg.seed, root=d.root, test_fraction=d.test_fraction,
                            synthetic_alpha=d.synthetic_alpha, synthetic_beta=d.synthetic_beta,
-                           num_clients=cfg.clients.num_clients, synthetic_max_samples=d.synthetic_max_samples)
+                           num_clients=cfg.clients.num_clients, synthetic_max_samples=d.synthetic_max_samples,
+                           seq_len=d.seq_len, min_sequences=d.min_sequences,
+                           max_test_sequences=d.max_test_sequences or None)  # 0: no cap
     return make_federated(dataset, num_clients=cfg.clients.num_clients, partition=d.partition, seed=cfg.seed,
                           alpha=d.dirichlet_alpha, shards_per_client=d.shards_per_client)
 

@@ -14,11 +14,11 @@ from .run_folder import (
     held_run,
     survey,
 )
-from .run_writer import METRIC_COLUMNS, RunWriter, read_metrics, summarize
+from .run_writer import METRIC_COLUMNS, VOCABULARY, RunWriter, read_metrics, read_vocabulary, summarize
 
 __all__ = [
-    "CHECKPOINT", "METRIC_COLUMNS", "MODEL", "SUMMARY", "FolderContents", "HeldRun", "OutputDirError",
+    "CHECKPOINT", "METRIC_COLUMNS", "MODEL", "SUMMARY", "VOCABULARY", "FolderContents", "HeldRun", "OutputDirError",
     "OutputWriteError", "RunWriter", "append_line", "append_lines_together", "atomic_write_bytes", "atomic_write_text",
-    "check_writable", "clear_results", "comparison_table", "held_run", "plot_accuracy", "read_metrics", "summarize",
-    "survey",
+    "check_writable", "clear_results", "comparison_table", "held_run", "plot_accuracy", "read_metrics",
+    "read_vocabulary", "summarize", "survey",
 ]

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..methods import METHODS
-from .run_writer import read_metrics
+from .run_writer import VOCABULARY, read_metrics
 
 CONFIG = "config.toml"
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 SUMMARY = "summary.json"
-RUN_FILES = (CONFIG, "metrics.jsonl", "metrics.csv", "events.jsonl", CHECKPOINT, MODEL, SUMMARY)
+RUN_FILES = (CONFIG, "metrics.jsonl", "metrics.csv", "events.jsonl", CHECKPOINT, MODEL, SUMMARY)  # every run's
+TOKEN_RUN_FILES = (VOCABULARY,)  # and a run on token data's
 POINTER = "same_as.json"  # a suite's note that a run folder shares another folder's result
 COMPARISON_FILES = ("comparison.md", "comparison.json", "accuracy.png")
 
@@ -72,7 +73,7 @@ class FolderContents:
 
 def held_run(folder: Path) -> HeldRun | None:
     """The run whose files are in `folder`, or None when there are none."""
-    if not folder.is_dir() or not any((folder / name).is_file() for name in RUN_FILES):
+    if not folder.is_dir() or not any((folder / name).is_file() for name in (*RUN_FILES, *TOKEN_RUN_FILES)):
         return None
     config_text = _read_text(folder / CONFIG)
     method, total = None, None
@@ -139,7 +140,7 @@ def clear_results(folder: Path) -> None:
 def _remove_run_files(folder: Path) -> None:
     if not folder.is_dir():
         return
-    names = (*RUN_FILES, POINTER, *COMPARISON_FILES)
+    names = (*RUN_FILES, *TOKEN_RUN_FILES, POINTER, *COMPARISON_FILES)
     for name in names:
         (folder / name).unlink(missing_ok=True)
     for name in names:

@@ -1,4 +1,5 @@
-"""A run's output folder: resolved config, per-round metrics (JSONL + CSV), final summary."""
+"""A run's output folder: resolved config, per-round metrics (JSONL + CSV), final summary, and
+the vocabulary of a run on token data."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..config import ExperimentConfig, config_to_toml
 from ..profiling import PHASES
 from .atomic import append_lines_together, atomic_write_text
 
+VOCABULARY = "vocabulary.json"
 METRIC_COLUMNS = ("round", "method", "accuracy", "loss", "perplexity", "train_loss", "lr", "lam", "clients",
                   "dropped", "excluded", *(f"sec_{p}" for p in (*PHASES, "total")))
 
@@ -34,10 +36,13 @@ class RunWriter:
     def events_jsonl(self) -> Path:
         return self.dir / "events.jsonl"
 
-    def start(self, cfg: ExperimentConfig) -> None:
-        """A fresh run: the resolved config, and empty metrics and event logs (CSV with its header)."""
+    def start(self, cfg: ExperimentConfig, vocabulary: str | None = None) -> None:
+        """A fresh run: the resolved config, the vocabulary of token data (vocabulary.json), and
+        empty metrics and event logs (CSV with its header)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.toml", config_to_toml(cfg))
+        if vocabulary is not None:
+            atomic_write_text(self.dir / VOCABULARY, json.dumps({"vocabulary": vocabulary}) + "\n")
         self.restore([], [])
 
     def restore(self, rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
@@ -78,6 +83,21 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+def read_vocabulary(folder: str | Path) -> str | None:
+    """The vocabulary a run in `folder` saved, or None when it saved none (feature data); ValueError
+    when the file cannot be read as one."""
+    path = Path(folder) / VOCABULARY
+    if not path.is_file():
+        return None
+    try:
+        vocabulary = json.loads(path.read_text())["vocabulary"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a vocabulary record ({type(exc).__name__}: {exc})") from None
+    if not isinstance(vocabulary, str):
+        raise ValueError(f"{path}: not a vocabulary record (the vocabulary is a {type(vocabulary).__name__})")
+    return vocabulary
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
