@@ -7,6 +7,8 @@ Cases (train + aggregate of one round, evaluation excluded):
   synthetic  FedProx Synthetic(1, 1) with its natural clients (unequal sizes), MLP 60-[256, 256]-10
              (GroupNorm), width 1/8, 1 epoch of batch 10
   preresnet  MNIST-5k, PreResNet-18 [64, 128, 256, 512] (static BatchNorm), width 1/16, 1 epoch of batch 10
+  transformer  Shakespeare (LEAF clients: speaking roles, unequal sizes), the default Transformer (4
+             layers, dim 256, 8 heads, MLP 1024, context 80), width 1/8, 1 epoch of batch 10
 MNIST-5k clients hold 40 samples each: every block of 100 clients is an IID partition of the 4,000
 training digits (a fresh permutation per block), so 1,000 or 10,000 clients per round do the same
 work per client as 100 do, on real data stored once.
@@ -32,13 +34,13 @@ from fedbrb_fast.aggregation import AggregationRule, rule_for_method
 from fedbrb_fast.data import FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
 from fedbrb_fast.engines.base import aggregate_stream
-from fedbrb_fast.models import CNN, MLP, FunctionalView
+from fedbrb_fast.models import CNN, MLP, FunctionalView, Transformer
 from fedbrb_fast.models.preresnet import PreResNet
 from fedbrb_fast.plans import ClientPlan, make_round_plans, shear_coefficients
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.training import LocalTraining
 
-CASES = ("mlp", "cnn", "synthetic", "preresnet")
+CASES = ("mlp", "cnn", "synthetic", "preresnet", "transformer")
 METHODS = ("fedbrb", "fedrolex", "heterofl")
 # stacked: the batched engine with every model trained step-major in batched torch ops
 # (train.cpu_trainer = "stacked"; "batched" trains ReLU chains client-major where numba is installed).
@@ -67,9 +69,10 @@ class EngineCase:
         return round(1 / self.width)
 
     def plans(self, method: str, clients: Sequence[int]) -> list[ClientPlan]:
+        layout = self.model.layout
         return make_round_plans(method, ROUND, list(clients), [self.width] * len(clients),
-                                group_sizes=self.model.layout.group_sizes, num_blocks=self.num_blocks, seed=SEED,
-                                shear=shear_coefficients(self.model.layout))
+                                group_sizes=layout.group_sizes, num_blocks=self.num_blocks, seed=SEED,
+                                shear=shear_coefficients(layout), group_segments=layout.group_segments)
 
     def rule(self, method: str) -> AggregationRule:
         return rule_for_method(method, LAM, self.num_blocks)
@@ -82,10 +85,13 @@ class EngineCase:
         without the first layer's input gradient, which nobody computes)."""
         widths = [max(1, round(self.width * n)) for n in self.model.layout.group_sizes]
         fwd = self.model.flops_per_sample(widths, self.data.input_shape)
-        first = self.model.layout.params[0]  # the first layer's weight
-        assert first.fan_in is not None
-        positions = math.prod(self.data.input_shape[1:]) if len(first.shape) == 4 else 1  # conv: every pixel
-        first_dx = 2 * positions * widths[0] * first.fan_in
+        first = self.model.layout.params[0]  # the first layer's weight, or an embedding table (no FLOPs)
+        if first.role == "weight":
+            assert first.fan_in is not None
+            positions = math.prod(self.data.input_shape[1:]) if len(first.shape) == 4 else 1  # conv: every pixel
+            first_dx = 2 * positions * widths[0] * first.fan_in
+        else:
+            first_dx = 0
         samples = sum(self.data.num_samples(c) for c in clients) * self.hp.epochs
         return (3 * fwd - first_dx) * samples / 1e9
 
@@ -108,6 +114,14 @@ def synthetic_clients(num_clients: int, seed: int = SEED) -> FederatedData:
                          ds.natural_clients)
 
 
+def shakespeare_clients(num_clients: int, seed: int = SEED) -> FederatedData:
+    """`num_clients` speaking roles of the plays (a seeded choice), 80-character sequences."""
+    ds = load_dataset("shakespeare", seed=seed, num_clients=num_clients)
+    assert ds.natural_clients is not None
+    return FederatedData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape,
+                         ds.natural_clients, vocabulary=ds.vocabulary)
+
+
 def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
     """The case `name` with `num_clients` clients; `tiny` shrinks the models (tests, --quick)."""
     if name == "mlp":
@@ -122,6 +136,12 @@ def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
     elif name == "preresnet":
         model = PreResNet(1, [16, 32, 32, 32] if tiny else [64, 128, 256, 512], 10, norm="bn")
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(1, 10, 0.02, 0.9, 5e-4), 1 / 16
+    elif name == "transformer":
+        data = shakespeare_clients(num_clients)
+        size = {"layers": 2, "dim": 32, "heads": 4, "mlp": 64} if tiny else {"layers": 4, "dim": 256, "heads": 8,
+                                                                              "mlp": 1024}
+        model = Transformer(data.num_classes, context=data.input_shape[0], **size)
+        hp, width = LocalTraining(1, 10, 0.05, 0.9, 5e-4), 1 / 8
     else:
         raise ValueError(f"unknown case {name!r}; expected one of {CASES}")
     params = model.init(torch.Generator().manual_seed(SEED))
