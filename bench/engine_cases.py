@@ -69,7 +69,8 @@ class EngineCase:
     def plans(self, method: str, clients: Sequence[int]) -> list[ClientPlan]:
         return make_round_plans(method, ROUND, list(clients), [self.width] * len(clients),
                                 group_sizes=self.model.layout.group_sizes, num_blocks=self.num_blocks, seed=SEED,
-                                shear=shear_coefficients(self.model.layout))
+                                shear=shear_coefficients(self.model.layout),
+                                group_segments=self.model.layout.group_segments)
 
     def rule(self, method: str) -> AggregationRule:
         return rule_for_method(method, LAM, self.num_blocks)

@@ -91,8 +91,9 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
     new = {}
     for spec in layout.params:
         p = params[spec.name]
-        sliced = {a for a, g in enumerate(spec.axis_groups) if g is not None}
-        tile = [n // rule.num_blocks if a in sliced else n for a, n in enumerate(spec.shape)]
+        # tile positions per axis: K, times the segments of a segmented group (docs/algorithm.md#segments)
+        tiles = [rule.num_blocks * layout.segments(g) if g is not None else 1 for g in spec.axis_groups]
+        tile = [n // t for n, t in zip(spec.shape, tiles, strict=True)]
         num, den = torch.zeros_like(p), torch.zeros_like(p)
         s_sum, w_sum = torch.zeros(tile, device=p.device), torch.zeros(tile, device=p.device)
         for r in results:
@@ -112,9 +113,8 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
         if rule.kind == "overlap":
             new[spec.name] = torch.where(den > 0, num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
         else:
-            reps = [rule.num_blocks if a in sliced else 1 for a in range(p.dim())]
-            top = (1 - rule.lam) * num + rule.lam * s_sum.repeat(reps)
-            bottom = (1 - rule.lam) * den + rule.lam * w_sum.repeat(reps)
+            top = (1 - rule.lam) * num + rule.lam * s_sum.repeat(tiles)
+            bottom = (1 - rule.lam) * den + rule.lam * w_sum.repeat(tiles)
             new[spec.name] = torch.where(bottom > 0, p + top / bottom.clamp_min(torch.finfo(p.dtype).tiny), p)
     return new
 

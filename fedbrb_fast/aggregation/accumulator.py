@@ -51,13 +51,13 @@ class Accumulator:
         if not isinstance(layout, ModelLayout):
             layout = tensor_layout({k: tuple(v.shape) for k, v in params.items()}, layout)
         validate_updates(params, layout, [])  # the reference's checks of the global tensors
-        rule.check_groups(layout.group_sizes)
+        rule.check_groups(layout.group_sizes, layout.group_segments)
         self._device = params[layout.names[0]].device if layout.names else torch.device("cpu")
         self._backend = get_backend(backend, self._device)
         self.backend: str = self._backend.name
         self.layout, self.rule, self.dtype = layout, rule, dtype
         self._params = params
-        self._geometry = {spec.name: TensorGeometry.of(spec) for spec in layout.params}
+        self._geometry = {spec.name: TensorGeometry.of(spec, layout) for spec in layout.params}
         self._sums = self._zero_sums(self._device)
         self.included: list[int] = []
         self.excluded: dict[int, str] = {}

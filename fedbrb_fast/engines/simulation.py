@@ -107,6 +107,7 @@ class Simulation:
                 seed=cfg.seed,
                 schedule=cfg.method.schedule,
                 shear=self.shear,
+                group_segments=self.model.layout.group_segments,
             )
         lr = lr_at(
             t,

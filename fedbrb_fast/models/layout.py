@@ -70,7 +70,8 @@ class ModelLayout:
     def __post_init__(self) -> None:
         if self.group_segments:
             if len(self.group_segments) != len(self.group_sizes):
-                raise ValueError(f"layout: {len(self.group_segments)} segment counts for {len(self.group_sizes)} groups")
+                raise ValueError(f"layout: {len(self.group_segments)} segment counts for "
+                                 f"{len(self.group_sizes)} groups")
             for g, (n, r) in enumerate(zip(self.group_sizes, self.group_segments, strict=True)):
                 if r < 1 or n % r:
                     raise ValueError(f"layout: channel group {g} of size {n} does not hold {r} equal segments")

@@ -288,7 +288,8 @@ class SubModelStrategy(Strategy):
         widths = [self._width_of(node) for node in nodes]
         return make_round_plans(self.method, server_round - 1, [self._numbering.index(n) for n in nodes], widths,
                                 group_sizes=self.layout.group_sizes, num_blocks=self.num_blocks, seed=self.seed,
-                                schedule=self.schedule, shear=self.shear)
+                                schedule=self.schedule, shear=self.shear,
+                                group_segments=self.layout.group_segments)
 
     def _width_of(self, node: int) -> float:
         if node not in self._widths:
