@@ -233,3 +233,35 @@ def test_extracted_sub_models_keep_every_head():
     per_head = channel_count(plan.width, HEAD_DIM)
     assert sub["q.weight"].shape == (HEADS * per_head, channel_count(plan.width, MODEL_DIM))
     assert sub["o.weight"].shape == (channel_count(plan.width, MODEL_DIM), HEADS * per_head)
+
+
+# --- the suites' coverage heatmaps ----------------------------------------------------------------
+
+
+def first_block_of_every_head(count: int, k: int = 4) -> torch.Tensor:
+    tiles = torch.zeros(HEADS * k, k, dtype=torch.int64)
+    tiles[::k, 0] = count
+    return tiles
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("fedbrb", torch.full((HEADS * 4, 4), 4)),  # 8 rounds x 8 clients = K^3 counters: each (segment, block) K times
+    ("heterofl", first_block_of_every_head(64)),  # all 64 plans
+])
+def test_replayed_heatmap_has_a_tile_per_segment_and_block(monkeypatch, tmp_path, method, expected):
+    import fedbrb_fast.experiments.coverage as coverage_module
+    from fedbrb_fast.config import config_from_dict
+    from fedbrb_fast.experiments.plots import plot_coverage
+
+    monkeypatch.setattr(coverage_module, "planning_layout", lambda cfg: LAYOUT)
+    cfg = config_from_dict({"rounds": 8, "data": {"dataset": "digits"},
+                            "clients": {"num_clients": 12, "per_round": 8, "widths": ["1/4"]},
+                            "method": {"name": method}})
+    cov = coverage_module.replay_coverage(cfg)  # the weight between groups 1 (heads) and 0: q.weight
+    assert torch.equal(cov.whole_tiles, expected)
+    assert cov.elements.shape == (HEADS * HEAD_DIM, MODEL_DIM)
+    assert torch.allclose(cov.tile_means(), expected.double())
+    path = tmp_path / "coverage.png"
+    plot_coverage({"tile_means": {method: cov.tile_means().tolist()}, "whole_tiles": {method: cov.whole_tiles.tolist()},
+                   "in_group": 0, "out_group": 1}, [method], path, "segments")
+    assert path.stat().st_size > 0

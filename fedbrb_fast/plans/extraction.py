@@ -59,7 +59,7 @@ def fedbrb_indices(
     layouts only); `group_segments`: R_g per group (empty: 1 each)."""
     shear = _checked_shear(shear, len(group_sizes))
     segments = checked_segments(group_segments, group_sizes)
-    _check_blocks(group_sizes, segments, num_blocks)
+    check_fedbrb_blocks(group_sizes, segments, num_blocks)
     s = round(width * num_blocks)
     out = []
     for n, r, (c, e) in zip(group_sizes, segments, shear, strict=True):
@@ -81,8 +81,8 @@ def checked_segments(group_segments: Sequence[int], group_sizes: Sequence[int]) 
     return tuple(group_segments)
 
 
-def _check_blocks(group_sizes: Sequence[int], segments: Sequence[int], num_blocks: int) -> None:
-    """FedBRB cuts each segment of every group into K equal blocks."""
+def check_fedbrb_blocks(group_sizes: Sequence[int], segments: Sequence[int], num_blocks: int) -> None:
+    """FedBRB cuts each segment of every group into K equal blocks: ValueError naming a group that does not."""
     for g in uneven_groups(group_sizes, num_blocks, segments):
         raise ValueError(f"fedbrb: {describe_group(g, group_sizes, segments)} does not split into "
                          f"K = {num_blocks} blocks")
@@ -128,7 +128,7 @@ def make_round_plans(
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     segments = checked_segments(group_segments, group_sizes)
     if method == "fedbrb":
-        _check_blocks(group_sizes, segments, num_blocks)
+        check_fedbrb_blocks(group_sizes, segments, num_blocks)
     per_segment = [(n // r, r) for n, r in zip(group_sizes, segments, strict=True)]
     order = sorted(range(len(clients)), key=lambda j: clients[j])
     m = len(clients)
