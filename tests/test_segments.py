@@ -145,7 +145,7 @@ def positions(k: int, spec: ParamSpec) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("k,start", [(2, 0), (2, 77), (4, 0), (4, 77), pytest.param(8, 5, marks=pytest.mark.slow)])
 def test_width_beta_min_trains_every_tile_of_every_tensor_equally_often(k, start):
-    """SPEC §3 on a layout with segments: over K^3 consecutive roll counters (the layout is a star, not a
+    """docs/algorithm.md#shear's coverage on a layout with segments: over K^3 consecutive roll counters (the layout is a star, not a
     chain) every one of the R*K (segment, block) positions per segmented axis is trained K^3 / K^d times."""
     assert shear_coefficients(LAYOUT) == ((0, 0), (1, 0), (1, 0))
     n = k**3
@@ -265,3 +265,86 @@ def test_replayed_heatmap_has_a_tile_per_segment_and_block(monkeypatch, tmp_path
     plot_coverage({"tile_means": {method: cov.tile_means().tolist()}, "whole_tiles": {method: cov.whole_tiles.tolist()},
                    "in_group": 0, "out_group": 1}, [method], path, "segments")
     assert path.stat().st_size > 0
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # vmap's first calls take seconds
+@pytest.mark.parametrize("method", ["fedbrb", "fd"])
+def test_the_batched_engine_trains_segmented_sub_models_as_the_reference_does(float64, method):
+    from segmented_family import SegmentedNet
+    from test_engine_batched import assert_rounds_match, make_data
+
+    model = SegmentedNet(12, 5)
+    assert_rounds_match(model, make_data((12,)), method, [0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0],
+                        shear=shear_coefficients(model.layout))
+
+
+def segmented_simulation(monkeypatch, cfg_dict, width: str, head_dim: int, data=None, **changes):
+    import math
+
+    from segmented_family import SegmentedNet
+
+    from fedbrb_fast.config import config_from_dict
+    from fedbrb_fast.engines import Simulation, simulation
+
+    def build(cfg, input_shape, num_classes):
+        return SegmentedNet(math.prod(input_shape), num_classes, head_dim=head_dim)
+
+    monkeypatch.setattr(simulation, "build_model", build)
+    clients = {**cfg_dict["clients"], "widths": [width], "proportions": [1]}
+    return Simulation(config_from_dict({**cfg_dict, "clients": clients, **changes}), data)
+
+
+def test_a_simulation_refuses_segments_that_fedbrb_cannot_cut_before_any_work(monkeypatch, tiny_cfg_dict):
+    from test_engine_batched import make_data
+
+    with pytest.raises(ValueError, match=r"fedbrb: channel group 1 of size 24 \(4 segments of 6\) does not split "
+                                         r"into K = 4 blocks"):
+        segmented_simulation(monkeypatch, tiny_cfg_dict, "1/4", head_dim=6, data=make_data((12,)))
+
+
+@pytest.mark.slow  # a whole round
+@pytest.mark.parametrize("method", ["fedbrb", "fd"])
+def test_a_simulation_round_on_segments(monkeypatch, tiny_cfg_dict, method):
+    sim = segmented_simulation(monkeypatch, tiny_cfg_dict, "1/2", head_dim=6, rounds=1,
+                               method={"name": method, "lam": 0.5})  # K = 2 splits heads of 6
+    before = {k: v.clone() for k, v in sim.params.items()}
+    record = sim.run_round()
+    assert record.accuracy is not None and all(torch.isfinite(v).all() for v in sim.params.values())
+    assert not torch.equal(before["q.weight"], sim.params["q.weight"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_stacked_and_factored_segmented_updates_match_the_reference(backend, lam):
+    """A ClientBatch whose o.weight [D, R*d] (sliced across heads on its columns) comes as factors, as
+    the batched engine hands an input layer over: clients sharing a base slice share their index sets."""
+    from aggregation_rounds import make_round
+
+    from fedbrb_fast.aggregation import ClientBatch, FactoredStack
+
+    layout, params, updates = make_round("segmented", "fedbrb", widths=(0.25,) * 6, label_mask=True)
+    owner = torch.tensor([0, 0, 1, 1, 1, 2])  # runs of clients that share a slice
+    first = [int((owner == u).nonzero()[0]) for u in range(3)]
+    shared = [updates[first[int(u)]].indices for u in owner]
+    g = torch.Generator().manual_seed(7)
+    base = torch.stack([extract(params, layout, updates[i].indices)["o.weight"] for i in first])
+    rows, cols = base.shape[1:]
+    factored = FactoredStack(base, owner, torch.rand(6, generator=g) + 0.5, 0.1 * torch.randn(6, 3, rows, generator=g),
+                             torch.randn(6, 3, cols, generator=g))
+    dense = [ClientUpdate(u.client, u.weight, shared[i], {**u.params, "o.weight": factored[i]}, u.masks)
+             for i, u in enumerate(updates)]
+    batch = ClientBatch(
+        clients=tuple(u.client for u in dense), weights=torch.tensor([u.weight for u in dense], dtype=torch.float64),
+        indices=tuple(torch.stack([u.indices[k] for u in dense]) for k in range(3)),
+        params={**{k: torch.stack([u.params[k] for u in dense]) for k in layout.names if k != "o.weight"},
+                "o.weight": factored},
+        masks={k: torch.stack([u.masks[k] for u in dense]) for k in dense[0].masks})
+    rule = AggregationRule("broadcast", lam=lam, num_blocks=4)
+    expected = aggregate(params, layout, dense, rule)
+    got = aggregate(params, layout, [batch], rule, backend=backend)
+    assert got.included == expected.included
+    for name in layout.names:
+        assert torch.allclose(got.params[name], expected.params[name], atol=1e-5), name
