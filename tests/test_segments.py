@@ -145,8 +145,9 @@ def positions(k: int, spec: ParamSpec) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("k,start", [(2, 0), (2, 77), (4, 0), (4, 77), pytest.param(8, 5, marks=pytest.mark.slow)])
 def test_width_beta_min_trains_every_tile_of_every_tensor_equally_often(k, start):
-    """docs/algorithm.md#shear's coverage on a layout with segments: over K^3 consecutive roll counters (the layout is a star, not a
-    chain) every one of the R*K (segment, block) positions per segmented axis is trained K^3 / K^d times."""
+    """docs/algorithm.md#shear's coverage on a layout with segments: over K^3 consecutive roll counters
+    (the layout is a star, not a chain) every one of the R*K (segment, block) positions per segmented
+    axis is trained K^3 / K^d times."""
     assert shear_coefficients(LAYOUT) == ((0, 0), (1, 0), (1, 0))
     n = k**3
     cov = layout_coverage(rolled(range(start, start + n), 1 / k, k), LAYOUT, k)
@@ -238,15 +239,15 @@ def test_extracted_sub_models_keep_every_head():
 # --- the suites' coverage heatmaps ----------------------------------------------------------------
 
 
-def first_block_of_every_head(count: int, k: int = 4) -> torch.Tensor:
+def first_block_of_every_head(count: int, k: int = 2) -> torch.Tensor:
     tiles = torch.zeros(HEADS * k, k, dtype=torch.int64)
     tiles[::k, 0] = count
     return tiles
 
 
 @pytest.mark.parametrize("method,expected", [
-    ("fedbrb", torch.full((HEADS * 4, 4), 4)),  # 8 rounds x 8 clients = K^3 counters: each (segment, block) K times
-    ("heterofl", first_block_of_every_head(64)),  # all 64 plans
+    ("fedbrb", torch.full((HEADS * 2, 2), 2)),  # 2 rounds x 4 clients = K^3 counters: each (segment, block) K times
+    ("heterofl", first_block_of_every_head(8)),  # all 8 plans
 ])
 def test_replayed_heatmap_has_a_tile_per_segment_and_block(monkeypatch, tmp_path, method, expected):
     import fedbrb_fast.experiments.coverage as coverage_module
@@ -254,8 +255,8 @@ def test_replayed_heatmap_has_a_tile_per_segment_and_block(monkeypatch, tmp_path
     from fedbrb_fast.experiments.plots import plot_coverage
 
     monkeypatch.setattr(coverage_module, "planning_layout", lambda cfg: LAYOUT)
-    cfg = config_from_dict({"rounds": 8, "data": {"dataset": "digits"},
-                            "clients": {"num_clients": 12, "per_round": 8, "widths": ["1/4"]},
+    cfg = config_from_dict({"rounds": 2, "data": {"dataset": "digits"},
+                            "clients": {"num_clients": 12, "per_round": 4, "widths": ["1/2"]},
                             "method": {"name": method}})
     cov = coverage_module.replay_coverage(cfg)  # the weight between groups 1 (heads) and 0: q.weight
     assert torch.equal(cov.whole_tiles, expected)
