@@ -63,7 +63,7 @@ def make_case(name: str, scale: float = 1.0, hidden: list[int] | None = None, se
     layout = model.layout
     params = model.init(torch.Generator().manual_seed(seed))
     plans = make_round_plans("fedbrb", 5, list(range(clients)), [width] * clients, group_sizes=layout.group_sizes,
-                             num_blocks=num_blocks, seed=seed)
+                             num_blocks=num_blocks, seed=seed, group_segments=layout.group_segments)
     indices = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(len(layout.group_sizes)))
     g = torch.Generator().manual_seed(seed + 1)
     trained = {}

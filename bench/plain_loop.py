@@ -95,8 +95,9 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
     new = {}
     for spec in layout.params:
         p = params[spec.name]
-        positions_along = [1 if g is None else rule.num_blocks * layout.segments(g) for g in spec.axis_groups]
-        tile = [n // k for n, k in zip(spec.shape, positions_along, strict=True)]
+        # tile positions per axis: K, times the segments of a segmented group (docs/algorithm.md#segments)
+        tiles = [rule.num_blocks * layout.segments(g) if g is not None else 1 for g in spec.axis_groups]
+        tile = [n // t for n, t in zip(spec.shape, tiles, strict=True)]
         num, den = torch.zeros_like(p), torch.zeros_like(p)
         s_sum, w_sum = torch.zeros(tile, device=p.device), torch.zeros(tile, device=p.device)
         for r in results:
@@ -116,9 +117,8 @@ def aggregate(params: Mapping[str, Tensor], layout: ModelLayout, results: Sequen
         if rule.kind == "overlap":
             new[spec.name] = torch.where(den > 0, num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
         else:
-            reps = positions_along
-            top = (1 - rule.lam) * num + rule.lam * s_sum.repeat(reps)
-            bottom = (1 - rule.lam) * den + rule.lam * w_sum.repeat(reps)
+            top = (1 - rule.lam) * num + rule.lam * s_sum.repeat(tiles)
+            bottom = (1 - rule.lam) * den + rule.lam * w_sum.repeat(tiles)
             new[spec.name] = torch.where(bottom > 0, p + top / bottom.clamp_min(torch.finfo(p.dtype).tiny), p)
     return new
 

@@ -25,7 +25,8 @@ def setup(arch, clients, samples=50):
     width, k = (1 / 8, 8) if arch == "mlp" else (1 / 16, 16)
     params = model.init(torch.Generator().manual_seed(0))
     plans = make_round_plans("fedbrb", 0, list(range(clients)), [width] * clients,
-                             group_sizes=model.layout.group_sizes, num_blocks=k, seed=0)
+                             group_sizes=model.layout.group_sizes, num_blocks=k, seed=0,
+                             group_segments=model.layout.group_segments)
     ctx = RoundContext(0, 0, model, data, LocalTraining(1, 10, 0.05, 0.9, 5e-4), "samples", False)
     return ctx, plans, params
 

@@ -1,9 +1,11 @@
-"""Small aggregation rounds for the backend tests: real plans of every method on MLP, CNN and
-PreResNet-18 layouts (FedBRB with the layout's shear), mixed widths, optional label masks and zero weights."""
+"""Small aggregation rounds for the backend tests: real plans of every method on MLP, CNN,
+PreResNet-18 and a layout with a segmented group (tests/segmented_family.py; FedBRB with the layout's
+shear), mixed widths, optional label masks and zero weights."""
 
 from __future__ import annotations
 
 import torch
+from segmented_family import SegmentedNet
 
 from fedbrb_fast.aggregation import ClientBatch, ClientUpdate
 from fedbrb_fast.models import CNN, MLP, PreResNet, extract
@@ -16,6 +18,8 @@ NUM_BLOCKS = 4
 def model(arch: str):
     if arch == "preresnet18":
         return PreResNet(2, [4, 8, 8, 4], 5, norm="bn")
+    if arch == "segmented":
+        return SegmentedNet(6, 5)
     return MLP(6, [8, 12], 5, norm="bn") if arch == "mlp" else CNN(2, [4, 8], 5, norm="bn")
 
 
@@ -27,7 +31,8 @@ def make_round(arch: str, method: str, *, seed: int = 0, label_mask: bool = Fals
     params = {s.name: torch.randn(s.shape, generator=g) for s in layout.params}
     clients = list(range(10, 10 + len(widths)))
     plans = make_round_plans(method, round_idx, clients, list(widths), group_sizes=layout.group_sizes,
-                             num_blocks=NUM_BLOCKS, seed=seed, shear=shear_coefficients(layout))
+                             num_blocks=NUM_BLOCKS, seed=seed, shear=shear_coefficients(layout),
+                             group_segments=layout.group_segments)
     classes = layout.num_classes
     updates = []
     for j, plan in enumerate(plans):

@@ -18,7 +18,9 @@ def spec_sums(params, layout, updates, rule):
     for spec in layout.params:
         p = params[spec.name]
         a, c = torch.zeros_like(p, dtype=torch.float64), torch.zeros_like(p, dtype=torch.float64)
-        tile = [n // NUM_BLOCKS if g is not None else n for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
+        # a sliced axis has K tile positions per segment of its group (docs/algorithm.md#segments)
+        tile = [n // (NUM_BLOCKS * layout.segments(g)) if g is not None else n
+                for n, g in zip(spec.shape, spec.axis_groups, strict=True)]
         s, w = torch.zeros(tile, dtype=torch.float64), torch.zeros(tile, dtype=torch.float64)
         for u in updates:
             theta = u.params[spec.name].double()
@@ -38,7 +40,7 @@ def spec_sums(params, layout, updates, rule):
 
 
 @pytest.mark.parametrize("rule", [BROADCAST, OVERLAP])
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "segmented"])
 def test_partial_sums_are_the_spec_sums(arch, rule):
     layout, params, updates = make_round(arch, "fedrolex", label_mask=True)
     acc = Accumulator(params, layout, rule, backend="numba")

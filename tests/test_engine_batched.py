@@ -86,7 +86,8 @@ def assert_rounds_match(model, data, method, widths, *, shear=None):
     ref_params = bat_params = model.init(torch.Generator().manual_seed(5))
     for round_idx in (1, 2):
         plans = make_round_plans(method, round_idx, list(range(len(SIZES))), widths,
-                                 group_sizes=model.layout.group_sizes, num_blocks=4, seed=5, shear=shear)
+                                 group_sizes=model.layout.group_sizes, num_blocks=4, seed=5, shear=shear,
+                                 group_segments=model.layout.group_segments)
         ctx = RoundContext(round_idx=round_idx, seed=5, model=model, data=data,
                            local=LocalTraining(2, 8, 0.05, 0.9, 5e-4, 0.5 if round_idx == 2 else None),
                            weighting="samples", label_masking=round_idx == 2)

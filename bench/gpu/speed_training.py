@@ -102,7 +102,8 @@ def measure(ctx: Context, scenario: Scenario, clients: int, loop_clients: int, r
     host_params = model.init(ctx.generator(1))
     device_params = {k: v.to(device) for k, v in host_params.items()}
     plans = make_round_plans("fedbrb", 0, list(range(clients)), [scenario.width] * clients,
-                             group_sizes=model.layout.group_sizes, num_blocks=round(1 / scenario.width), seed=0)
+                             group_sizes=model.layout.group_sizes, num_blocks=round(1 / scenario.width), seed=0,
+                             group_segments=model.layout.group_segments)
     ctx_round = RoundContext(0, 0, model, data, HP, "samples", False)
     engines = {backend: BatchedEngine(CHUNK, linear_backend=backend, device=device.type) for backend in backends}
     timers = {backend: PhaseTimer() for backend in engines}

@@ -7,7 +7,7 @@ from .accumulator import Accumulator
 from .api import aggregate, aggregate_arrays
 from .backends import BACKENDS
 from .errors import AggregationError, AggregationOverflow
-from .portable import Update, tensor_layout
+from .portable import SlicedAxes, Update, tensor_layout
 from .rule import AggregationResult, AggregationRule, rule_for_method
 from .sums import PartialSums
 from .updates import ClientBatch, ClientUpdate, as_updates
@@ -24,6 +24,7 @@ __all__ = [
     "ClientUpdate",
     "FactoredStack",
     "PartialSums",
+    "SlicedAxes",
     "Update",
     "aggregate",
     "aggregate_arrays",

@@ -24,7 +24,7 @@ from .array_types import array_type_of, as_tensor
 from .backends import get_backend
 from .errors import AggregationError, AggregationOverflow
 from .geometry import TensorGeometry
-from .portable import Update, client_update, tensor_layout
+from .portable import SlicedAxes, Update, client_update, tensor_layout
 from .rule import AggregationResult, AggregationRule
 from .stacks import ClientStack, FactoredSlice, non_finite_clients, stack_of
 from .sums import PartialSums, TensorSums
@@ -36,11 +36,12 @@ Item = ClientUpdate | ClientBatch | Update
 
 class Accumulator:
     """`layout`: a ModelLayout, or the sliced axes per tensor name (`{"fc1.weight": [0], ...}`)
-    for framework-agnostic `Update`s. `dtype`: accumulation dtype, float32 or float64 (default: the
-    parameters' dtype, as the reference computes; float32 for half types). `backend`: "auto",
-    "torch", "numba", "triton", "cuda", "cupy"; `.backend` names the one used."""
+    for framework-agnostic `Update`s, with `{axis: R}` for an axis of R equal segments
+    (`{"q.weight": {0: 4}}`: 4 heads; docs/aggregation.md). `dtype`: accumulation dtype, float32
+    or float64 (default: the parameters' dtype, as the reference computes; float32 for half
+    types). `backend`: "auto", "torch", "numba", "triton", "cuda", "cupy"; `.backend` names the one used."""
 
-    def __init__(self, global_params: Mapping[str, Any], layout: ModelLayout | Mapping[str, Sequence[int]],
+    def __init__(self, global_params: Mapping[str, Any], layout: ModelLayout | SlicedAxes,
                  rule: AggregationRule, *, backend: str = "auto", dtype: torch.dtype | None = None) -> None:
         self._array_type = array_type_of(global_params.values())
         params = {name: as_tensor(v) for name, v in global_params.items()}
@@ -51,13 +52,13 @@ class Accumulator:
         if not isinstance(layout, ModelLayout):
             layout = tensor_layout({k: tuple(v.shape) for k, v in params.items()}, layout)
         validate_updates(params, layout, [])  # the reference's checks of the global tensors
-        rule.check_groups(layout.group_sizes)
+        rule.check_groups(layout.group_sizes, layout.group_segments)
         self._device = params[layout.names[0]].device if layout.names else torch.device("cpu")
         self._backend = get_backend(backend, self._device)
         self.backend: str = self._backend.name
         self.layout, self.rule, self.dtype = layout, rule, dtype
         self._params = params
-        self._geometry = {spec.name: TensorGeometry.of(spec) for spec in layout.params}
+        self._geometry = {spec.name: TensorGeometry.of(spec, layout) for spec in layout.params}
         self._sums = self._zero_sums(self._device)
         self.included: list[int] = []
         self.excluded: dict[int, str] = {}

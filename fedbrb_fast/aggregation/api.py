@@ -12,7 +12,7 @@ from torch import Tensor
 from ..models.layout import ModelLayout
 from ..profiling import nvtx_range
 from .accumulator import Accumulator
-from .portable import Update, sliced_axes_of
+from .portable import SlicedAxes, Update, sliced_axes_of
 from .rule import AggregationResult, AggregationRule
 from .rules import aggregate_reference
 from .updates import ClientBatch, ClientUpdate
@@ -38,12 +38,13 @@ def aggregate(global_params: Mapping[str, Tensor], layout: ModelLayout, updates:
 
 
 def aggregate_arrays(global_params: Mapping[str, Any], updates: Sequence[Update], rule: AggregationRule, *,
-                     sliced: Mapping[str, Sequence[int]] | None = None, backend: str = "auto") -> AggregationResult:
+                     sliced: SlicedAxes | None = None, backend: str = "auto") -> AggregationResult:
     """New global parameters from framework-agnostic updates, in the inputs' array type: torch
     tensors, numpy arrays, or DLPack arrays such as CuPy's (read and returned without copies).
 
-    `sliced[name]`: the axes of each tensor that clients slice (what the broadcast rule tiles);
-    by default every axis that some update slices."""
+    `sliced[name]`: the axes of each tensor that clients slice (what the broadcast rule tiles), a
+    list of axes or `{axis: R}` for axes of R equal segments (attention heads); by default every
+    axis that some update slices, each of one segment."""
     acc = Accumulator(global_params, sliced if sliced is not None else sliced_axes_of(updates), rule, backend=backend)
     acc.add(updates)
     return acc.finalize()

@@ -13,24 +13,33 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..models.layout import ParamSpec
+from ..models.layout import ModelLayout, ParamSpec
+
+
+def tile_positions(spec: ParamSpec, layout: ModelLayout, num_blocks: int) -> tuple[int, ...]:
+    """Tile positions along every axis of a tensor: K on a sliced axis, R_g * K (segment, block) on
+    an axis of a group of R_g segments (docs/algorithm.md#segments), 1 on a whole axis."""
+    return tuple(num_blocks * layout.segments(g) if g is not None else 1 for g in spec.axis_groups)
 
 
 @dataclass(frozen=True)
 class TensorGeometry:
     """`row_group` / `col_group`: the channel group slicing the rows / columns, or None. A 1-d
-    tensor is one row of `cols` elements, so its sliced channels are contiguous in a row too."""
+    tensor is one row of `cols` elements, so its sliced channels are contiguous in a row too.
+    `row_segments` / `col_segments`: the segments R_g of those groups (1 for whole axes)."""
 
     shape: tuple[int, ...]
     row_group: int | None
     col_group: int | None
+    row_segments: int = 1
+    col_segments: int = 1
 
     @classmethod
-    def of(cls, spec: ParamSpec) -> TensorGeometry:
+    def of(cls, spec: ParamSpec, layout: ModelLayout) -> TensorGeometry:
         groups = spec.axis_groups
-        if len(spec.shape) >= 2:
-            return cls(spec.shape, groups[0], groups[1])
-        return cls(spec.shape, None, groups[0] if groups else None)
+        row, col = (groups[0], groups[1]) if len(spec.shape) >= 2 else (None, groups[0] if groups else None)
+        return cls(spec.shape, row, col, layout.segments(row) if row is not None else 1,
+                   layout.segments(col) if col is not None else 1)
 
     @property
     def sliced_rows(self) -> bool:
@@ -57,8 +66,10 @@ class TensorGeometry:
         return self.cols * self.inner
 
     def tiles(self, num_blocks: int) -> tuple[int, int]:
-        """Tile positions along rows and along the flattened width (1 where an axis is whole)."""
-        return (num_blocks if self.sliced_rows else 1, num_blocks if self.sliced_cols else 1)
+        """Tile positions along rows and along the flattened width: K, or R*K on an axis of R
+        segments (1 where an axis is whole)."""
+        return (num_blocks * self.row_segments if self.sliced_rows else 1,
+                num_blocks * self.col_segments if self.sliced_cols else 1)
 
     def tile_shape(self, num_blocks: int) -> tuple[int, ...]:
         k_rows, k_cols = self.tiles(num_blocks)

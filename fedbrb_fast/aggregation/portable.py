@@ -3,7 +3,10 @@ as CuPy's, see array_types.py), an index set or a `(start, size)` window per sli
 weight; no channel groups needed.
 
 `tensor_layout` gives every sliced (tensor, axis) its own channel group, so these updates map onto
-the project's `ClientUpdate` and go through the same validation and kernels.
+the project's `ClientUpdate` and go through the same validation and kernels. An axis may be declared
+with R equal segments (attention heads, docs/algorithm.md#segments): `{"q.weight": {0: 4}}` instead
+of `{"q.weight": [0]}`; a window on it is taken inside each segment, and the broadcast rule tiles it
+into R * K positions.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import torch
 from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec
+from ..plans import in_every_segment, window
 from .array_types import as_tensor
 from .errors import AggregationError
 from .updates import ClientUpdate
 
 # An index set (1-d integer array, tensor or list) or a window `(start, size)` that wraps around.
 AxisSlice = Sequence[int] | np.ndarray | Tensor | tuple[int, int]
+# Per tensor, its sliced axes: a list of axes, or {axis: R} for axes of R equal segments (R = 1: plain).
+SlicedAxes = Mapping[str, Sequence[int] | Mapping[int, int]]
 
 
 @dataclass(frozen=True)
@@ -38,23 +44,42 @@ class Update:
     client: int | None = None
 
 
-def tensor_layout(shapes: Mapping[str, Sequence[int]], sliced: Mapping[str, Sequence[int]]) -> ModelLayout:
-    """One channel group per sliced (tensor, axis); only axes 0 and 1 may be sliced."""
+def tensor_layout(shapes: Mapping[str, Sequence[int]], sliced: SlicedAxes) -> ModelLayout:
+    """One channel group per sliced (tensor, axis), with the axis's segments; only axes 0 and 1 may be sliced."""
     unknown = sorted(set(sliced) - set(shapes))
     if unknown:
         raise AggregationError(f"sliced axes given for unknown tensors {unknown}")
     groups: list[int] = []
+    segments: list[int] = []
     specs = []
     for name, shape in shapes.items():
-        axes = set(sliced.get(name, ()))
-        if not axes <= set(range(min(2, len(shape)))):
+        axes = _segments_per_axis(name, sliced.get(name, ()))
+        if not set(axes) <= set(range(min(2, len(shape)))):
             raise AggregationError(f"{name}: only axes 0 and 1 may be sliced, got {sorted(axes)}")
-        axis_groups = []
+        axis_groups: list[int | None] = []
         for axis, size in enumerate(shape):
-            axis_groups.append(len(groups) if axis in axes else None)
-            groups += [size] if axis in axes else []
+            if axis not in axes:
+                axis_groups.append(None)
+                continue
+            if size % axes[axis]:
+                raise AggregationError(f"{name}: axis {axis} of size {size} does not hold {axes[axis]} equal segments")
+            axis_groups.append(len(groups))
+            groups.append(size)
+            segments.append(axes[axis])
         specs.append(ParamSpec(name, tuple(shape), tuple(axis_groups)))
-    return ModelLayout(tuple(groups), tuple(specs))
+    return ModelLayout(tuple(groups), tuple(specs), group_segments=tuple(segments))
+
+
+def _segments_per_axis(name: str, given: Sequence[int] | Mapping[int, int]) -> dict[int, int]:
+    """{axis: R} from a list of axes (R = 1) or an {axis: R} mapping."""
+    if not isinstance(given, Mapping):
+        return {int(axis): 1 for axis in given}
+    out = {}
+    for axis, r in given.items():
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise AggregationError(f"{name}: axis {axis} must hold a positive whole number of segments, got {r!r}")
+        out[int(axis)] = int(r)
+    return out
 
 
 def sliced_axes_of(updates: Sequence[Update]) -> dict[str, list[int]]:
@@ -80,7 +105,8 @@ def client_update(update: Update, layout: ModelLayout, client: int) -> ClientUpd
         for axis, group in enumerate(spec.axis_groups):
             if group is None:
                 continue
-            index = _index(given.get(axis), spec.shape[axis], f"client {client}: {spec.name} axis {axis}")
+            index = _index(given.get(axis), spec.shape[axis], layout.segments(group),
+                           f"client {client}: {spec.name} axis {axis}")
             known = indices[group]
             if known is None:
                 indices[group] = index
@@ -96,13 +122,17 @@ def client_update(update: Update, layout: ModelLayout, client: int) -> ClientUpd
                         {k: as_tensor(m) for k, m in update.masks.items()})
 
 
-def _index(given: AxisSlice | None, size: int, where: str) -> Tensor:
+def _index(given: AxisSlice | None, size: int, segments: int, where: str) -> Tensor:
+    """An index set along an axis of `size`: a window `(start, size)` is taken inside each of the
+    axis's `segments` and applied in every one; an index set is taken as given (global positions)."""
     if given is None:
         return torch.arange(size)
     if isinstance(given, tuple) and len(given) == 2 and all(isinstance(v, (int, np.integer)) for v in given):
         start, length = int(given[0]), int(given[1])
-        if not (0 <= start < size and 1 <= length <= size):
-            raise AggregationError(f"{where}: window (start={start}, size={length}) does not fit an axis of {size}")
-        return (torch.arange(length) + start) % size
+        span = size // segments
+        if not (0 <= start < span and 1 <= length <= span):
+            inside = f"each of its {segments} segments of {span}" if segments > 1 else f"an axis of {size}"
+            raise AggregationError(f"{where}: window (start={start}, size={length}) does not fit {inside}")
+        return in_every_segment(window(start, length, span), segments, span)
     index = as_tensor(given) if not isinstance(given, list) else torch.tensor(given)
     return index.to(torch.int64) if index.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8) else index

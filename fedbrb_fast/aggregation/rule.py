@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..methods import uneven_groups
+from ..methods import describe_group, uneven_groups
 from .errors import AggregationError
 
 
@@ -28,13 +28,15 @@ class AggregationRule:
         if self.num_blocks < 1:
             raise AggregationError(f"num_blocks must be >= 1, got {self.num_blocks}")
 
-    def check_groups(self, group_sizes: Sequence[int]) -> None:
-        """The broadcast rule tiles every channel group into `num_blocks` equal blocks."""
+    def check_groups(self, group_sizes: Sequence[int], group_segments: Sequence[int] = ()) -> None:
+        """The broadcast rule tiles every channel group into `num_blocks` equal blocks: inside each
+        segment of a group with segments (`group_segments`, docs/algorithm.md#segments)."""
         if self.kind != "broadcast":
             return
-        for g in uneven_groups(group_sizes, self.num_blocks):
-            raise AggregationError(f"channel group {g} of size {group_sizes[g]} does not split into "
-                                   f"{self.num_blocks} blocks")
+        for g in uneven_groups(group_sizes, self.num_blocks, group_segments):
+            per_segment = " per segment" if group_segments and group_segments[g] > 1 else ""
+            raise AggregationError(f"{describe_group(g, group_sizes, group_segments)} does not split into "
+                                   f"{self.num_blocks} blocks{per_segment}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec, gather_tensor
 from .errors import AggregationOverflow
+from .geometry import tile_positions
 from .rule import AggregationResult, AggregationRule
 from .updates import ClientBatch, ClientUpdate, as_updates
 from .validation import non_finite_tensors, validate_updates
@@ -21,7 +22,7 @@ def aggregate_reference(global_params: Mapping[str, Tensor], layout: ModelLayout
     """Validate everything first, drop non-finite updates, then apply the rule."""
     updates = as_updates(updates)
     validate_updates(global_params, layout, updates)
-    rule.check_groups(layout.group_sizes)
+    rule.check_groups(layout.group_sizes, layout.group_segments)
     excluded = {}
     for u in updates:
         bad = non_finite_tensors(u)
@@ -34,7 +35,7 @@ def aggregate_reference(global_params: Mapping[str, Tensor], layout: ModelLayout
         if rule.kind == "overlap":
             new[spec.name] = _overlap(p, spec, kept)
         else:
-            new[spec.name] = _broadcast(p, spec, kept, rule.lam, rule.num_blocks)
+            new[spec.name] = _broadcast(p, spec, kept, rule.lam, tile_positions(spec, layout, rule.num_blocks))
     overflowed = [n for n, t in new.items() if not torch.isfinite(t).all() and torch.isfinite(global_params[n]).all()]
     if overflowed:
         raise AggregationOverflow(overflowed)
@@ -68,12 +69,14 @@ def _overlap(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate]) -> Ten
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
 
 
-def _broadcast(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate], lam: float, num_blocks: int) -> Tensor:
-    """Weighted broadcast. Global element e sits at tile position (e_a // B_a per sliced axis a)
-    and in-tile offset (e_a % B_a); A, C accumulate per element, S, W per in-tile offset over all
-    clients, and P[e] += ((1-lam) A[e] + lam S[off(e)]) / ((1-lam) C[e] + lam W[off(e)])."""
-    sliced = dict(spec.sliced_axes)
-    tile_shape = tuple(n // num_blocks if a in sliced else n for a, n in enumerate(spec.shape))
+def _broadcast(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate], lam: float,
+               positions: Sequence[int]) -> Tensor:
+    """Weighted broadcast. `positions[a]`: the tile positions along axis a (K on a sliced axis, R*K
+    on one of a group of R segments, 1 on a whole axis), so tiles have B_a = n_a / positions[a]
+    channels. Global element e sits at tile position (e_a // B_a per sliced axis a) and in-tile
+    offset (e_a % B_a); A, C accumulate per element, S, W per in-tile offset over all clients, and
+    P[e] += ((1-lam) A[e] + lam S[off(e)]) / ((1-lam) C[e] + lam W[off(e)])."""
+    tile_shape = tuple(n // t for n, t in zip(spec.shape, positions, strict=True))
     a_sum, c_sum = torch.zeros_like(p), torch.zeros_like(p)
     s_sum = torch.zeros(tile_shape, dtype=p.dtype)
     w_sum = torch.zeros(tile_shape, dtype=p.dtype)
@@ -87,7 +90,6 @@ def _broadcast(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate], lam:
         offsets = _mesh([ix % tile_shape[a] for a, ix in enumerate(pos)])
         s_sum.index_put_(offsets, w * delta, accumulate=True)
         w_sum.index_put_(offsets, w, accumulate=True)
-    reps = [num_blocks if a in sliced else 1 for a in range(p.dim())]
-    num = (1 - lam) * a_sum + lam * s_sum.repeat(reps)
-    den = (1 - lam) * c_sum + lam * w_sum.repeat(reps)
+    num = (1 - lam) * a_sum + lam * s_sum.repeat(list(positions))
+    den = (1 - lam) * c_sum + lam * w_sum.repeat(list(positions))
     return torch.where(den > 0, p + num / den.clamp_min(torch.finfo(p.dtype).tiny), p)

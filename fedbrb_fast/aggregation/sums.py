@@ -101,7 +101,8 @@ class TensorSums:
         self.c += other.c if other.c.shape == self.c.shape else other.expanded_c()
 
     def pool(self, num_blocks: int) -> tuple[Tensor, Tensor]:
-        """S = sum of A over tile positions [rows/K, width/K]; W = the same of C, in C's reduced shape."""
+        """S = sum of A over tile positions [rows/T_r, width/T_c] (T = K per sliced axis, R*K on an axis
+        of R segments: geometry.tiles); W = the same of C, in C's reduced shape."""
         k_rows, k_cols = self.geometry.tiles(num_blocks)
         return _tile_sum(self.a, k_rows, k_cols), _tile_sum(self.c, k_rows, k_cols)
 

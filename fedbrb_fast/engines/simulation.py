@@ -18,7 +18,7 @@ from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
 from ..models import build_model
-from ..plans import assign_widths, make_round_plans, sample_clients, shear_coefficients
+from ..plans import Shear, assign_widths, check_fedbrb_blocks, make_round_plans, sample_clients, shear_coefficients
 from ..profiling import PhaseTimer
 from ..schedules import lam_at, lr_at
 from ..seeding import STREAM_INIT, torch_generator
@@ -82,8 +82,13 @@ class Simulation:
         self.cfg = cfg
         self.data = data if data is not None else build_federated_data(cfg)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes)
-        # FedBRB's shear from the layout's adjacency: a layout it cannot roll is refused before any work.
-        self.shear = shear_coefficients(self.model.layout) if cfg.method.name == "fedbrb" else None
+        # FedBRB's shear from the layout's adjacency and its blocks (per segment): a layout it cannot roll
+        # is refused before any work.
+        self.shear: tuple[Shear, ...] | None = None
+        if cfg.method.name == "fedbrb":
+            layout = self.model.layout
+            self.shear = shear_coefficients(layout)
+            check_fedbrb_blocks(layout.group_sizes, layout.group_segments, cfg.num_blocks)
         self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
         self.client_widths = assign_widths(
             cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed
@@ -111,6 +116,7 @@ class Simulation:
                 seed=cfg.seed,
                 schedule=cfg.method.schedule,
                 shear=self.shear,
+                group_segments=self.model.layout.group_segments,
             )
         lr = lr_at(
             t,

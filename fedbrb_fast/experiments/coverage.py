@@ -28,18 +28,18 @@ OUT_GROUP, IN_GROUP = 1, 0
 
 @dataclass(frozen=True)
 class Coverage:
-    whole_tiles: Tensor  # [K, K] client plans that trained the whole tile
+    whole_tiles: Tensor  # [R_out*K, R_in*K] client plans that trained the whole tile (R: segments, else 1)
     elements: Tensor  # [out, in] client plans that trained each element
     num_blocks: int
     notes: list[str]  # over every tensor of the layout: diagonal-only tensors, tiles never trained whole
 
     def tile_means(self) -> Tensor:
-        """[K, K] mean over each tile's elements of how many plans trained it: equal to
+        """[R_out*K, R_in*K] mean over each tile's elements of how many plans trained it: equal to
         `whole_tiles` for block-aligned plans (FedBRB, HeteroFL), and fair to plans that train
         parts of tiles (FedRolex's one-channel steps, FD's random channels)."""
-        k = self.num_blocks
+        t_out, t_in = self.whole_tiles.shape
         out, inp = self.elements.shape
-        return self.elements.view(k, out // k, k, inp // k).double().mean(dim=(1, 3))
+        return self.elements.view(t_out, out // t_out, t_in, inp // t_in).double().mean(dim=(1, 3))
 
 
 def planning_layout(cfg: ExperimentConfig) -> ModelLayout:
@@ -65,14 +65,16 @@ def replay_coverage(cfg: ExperimentConfig, out_group: int = OUT_GROUP, in_group:
     c, k = cfg.clients, cfg.num_blocks
     shear = shear_coefficients(layout) if cfg.method.name == "fedbrb" else None
     widths = assign_widths(c.num_clients, c.widths, c.proportions, cfg.seed)
-    tiles = torch.zeros(k, k, dtype=torch.int64)
+    segments = (layout.segments(out_group), layout.segments(in_group))
+    tiles = torch.zeros(segments[0] * k, segments[1] * k, dtype=torch.int64)
     elements = torch.zeros(sizes[out_group], sizes[in_group], dtype=torch.int64)
     every_plan = []
     for t in range(cfg.rounds):
         clients = sample_clients(t, c.num_clients, c.per_round, cfg.seed)
         plans = make_round_plans(cfg.method.name, t, clients, [widths[i] for i in clients], group_sizes=sizes,
-                                 num_blocks=k, seed=cfg.seed, schedule=cfg.method.schedule, shear=shear)
-        tiles += tile_coverage(plans, out_group, in_group, sizes[out_group], sizes[in_group], k)
+                                 num_blocks=k, seed=cfg.seed, schedule=cfg.method.schedule, shear=shear,
+                                 group_segments=layout.group_segments)
+        tiles += tile_coverage(plans, out_group, in_group, sizes[out_group], sizes[in_group], k, segments)
         elements += element_coverage(plans, out_group, in_group, sizes[out_group], sizes[in_group])
         every_plan += plans
     return Coverage(tiles, elements, k, layout_coverage(every_plan, layout, k).notes())

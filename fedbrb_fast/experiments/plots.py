@@ -67,11 +67,11 @@ def plot_coverage(coverage: Mapping[str, Any], arms: Sequence[str], path: str | 
     for ax in axes.flat[len(means):]:
         ax.axis("off")
     for ax, (arm, counts) in zip(axes.flat, means.items(), strict=False):
-        k = len(counts)
+        tiles = len(counts) * len(counts[0])  # (segment, block) positions per axis: K, or R*K for R segments
         trained = sum(1 for row in counts for c in row if c > 0)
         trained_whole = sum(1 for row in whole[arm] for c in row if c > 0)
         im = ax.imshow(counts, cmap="viridis", vmin=0, interpolation="nearest")
-        ax.set_title(f"{arm}\ntouched {trained}/{k * k}, trained whole {trained_whole}/{k * k}", fontsize=8)
+        ax.set_title(f"{arm}\ntouched {trained}/{tiles}, trained whole {trained_whole}/{tiles}", fontsize=8)
         ax.set_xlabel(f"in block (group {coverage['in_group']})", fontsize=7)
         ax.set_ylabel(f"out block (group {coverage['out_group']})", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -125,8 +125,9 @@ def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
             lines += ["", f"![{s['suite']} {sc['name']}: accuracy vs round]({figures[sc['name']]})"]
     if "coverage" in figures:
         cov = s["coverage"]
+        grid = next(iter(cov["whole_tiles"].values()))  # K x K, or R*K per axis of a group with R segments
         lines += ["", f"Tile coverage in scenario `{cov['scenario']}` (seed {cov['seed']}, replayed from the config): "
-                      f"how many client plans trained each of the {cov['num_blocks']}x{cov['num_blocks']} tiles of the "
+                      f"how many client plans trained each of the {len(grid)}x{len(grid[0])} tiles of the "
                       f"weight between hidden groups {cov['in_group']} and {cov['out_group']} over the run (mean over "
                       "the tile's elements; panel titles count the tiles touched at all and those some plan trained "
                       "whole). fedavg and fedavg_small train their whole global model; fedavg_small's is itself "

@@ -23,15 +23,18 @@ def element_coverage(plans: Iterable[ClientPlan], out_group: int, in_group: int,
 
 
 def tile_coverage(
-    plans: Iterable[ClientPlan], out_group: int, in_group: int, out_size: int, in_size: int, num_blocks: int
+    plans: Iterable[ClientPlan], out_group: int, in_group: int, out_size: int, in_size: int, num_blocks: int,
+    segments: tuple[int, int] = (1, 1),
 ) -> Tensor:
-    """[K, K] number of clients that trained the whole of tile (out block a, in block b)."""
-    bo, bi = out_size // num_blocks, in_size // num_blocks
-    counts = torch.zeros(num_blocks, num_blocks, dtype=torch.int64)
+    """[R_out*K, R_in*K] number of clients that trained the whole of tile (out position a, in position b);
+    `segments`: (R_out, R_in), the segments of the two groups (a position is a (segment, block) pair,
+    docs/algorithm.md#segments)."""
+    t_out, t_in = segments[0] * num_blocks, segments[1] * num_blocks
+    counts = torch.zeros(t_out, t_in, dtype=torch.int64)
     for p in plans:
         held = torch.zeros(out_size, in_size, dtype=torch.bool)
         held[p.indices[out_group].unsqueeze(1), p.indices[in_group].unsqueeze(0)] = True
-        counts += held.view(num_blocks, bo, num_blocks, bi).all(dim=3).all(dim=1)
+        counts += held.view(t_out, out_size // t_out, t_in, in_size // t_in).all(dim=3).all(dim=1)
     return counts
 
 
@@ -39,7 +42,7 @@ def tile_coverage(
 class LayoutCoverage:
     """How many plans trained each whole tile of every tensor of a layout (docs/algorithm.md#shear)."""
 
-    tiles: dict[str, Tensor]  # per tensor, over its sliced axes in order: [] (none sliced), [K] or [K, K]
+    tiles: dict[str, Tensor]  # per tensor, over its sliced axes in order: [], [R*K] or [R*K, R'*K] (R: segments)
     diagonal_only: dict[str, int]  # tensors sliced on both axes by one group, with that group
 
     def notes(self) -> list[str]:
@@ -55,15 +58,18 @@ class LayoutCoverage:
 
 def layout_coverage(plans: Iterable[ClientPlan], layout: ModelLayout, num_blocks: int) -> LayoutCoverage:
     """Tile coverage of every tensor of `layout`: a tile counts for a plan when the plan holds all of
-    its channels on every sliced axis."""
+    its channels on every sliced axis. An axis of a group of R_g segments has R_g * K tile positions
+    (segment, block) of B_g = d_g / K channels."""
     k = num_blocks
-    tiles = {s.name: torch.zeros((k,) * len(s.sliced_axes), dtype=torch.int64) for s in layout.params}
+    positions = [layout.segments(g) * k for g in range(len(layout.group_sizes))]
+    tiles = {s.name: torch.zeros(tuple(positions[g] for _, g in s.sliced_axes), dtype=torch.int64)
+             for s in layout.params}
     for p in plans:
         whole = []
         for g, n in enumerate(layout.group_sizes):
             held = torch.zeros(n, dtype=torch.bool)
             held[p.indices[g]] = True
-            whole.append(held.view(k, n // k).all(dim=1).long())
+            whole.append(held.view(positions[g], n // positions[g]).all(dim=1).long())
         for spec in layout.params:
             axes = spec.sliced_axes
             if not axes:

@@ -2,7 +2,9 @@
 
 A plan is one int64 index tensor per channel group. The order of the indices is the order of the
 client's channels; the same tensor slices a group's out-axis in one layer and its in-axis in the
-next, so consecutive layers stay connected.
+next, so consecutive layers stay connected. A group of R_g segments (attention heads) gets its index
+set over the d_g = N_g / R_g channels of one segment, applied inside every segment
+(docs/algorithm.md#segments): the plan holds the expanded set of R_g * ceil(beta * d_g) channels.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..methods import METHODS
+from ..methods import METHODS, describe_group, uneven_groups
 from ..seeding import STREAM_PLAN, torch_generator
 from .shear import Shear, chain_shear
 
@@ -40,19 +42,50 @@ def window(start: int, size: int, total: int) -> Tensor:
     return (torch.arange(size) + start) % total
 
 
+def in_every_segment(index: Tensor, segments: int, segment_size: int) -> Tensor:
+    """An index set over one segment's channels applied inside each of `segments` consecutive
+    segments of `segment_size` channels: cat([r * d + index for r in range(R)])."""
+    if segments == 1:
+        return index
+    return (torch.arange(segments).unsqueeze(1) * segment_size + index).flatten()
+
+
 def fedbrb_indices(
     u: int, width: float, group_sizes: Sequence[int], num_blocks: int, schedule: str,
-    shear: Sequence[Shear] | None = None,
+    shear: Sequence[Shear] | None = None, group_segments: Sequence[int] = (),
 ) -> tuple[Tensor, ...]:
-    """Per group, the window of s = width*K blocks from block b_g(u); `shear`: per-group (c_g, e_g),
-    None for the chain coefficients (right for chain layouts only)."""
+    """Per group, the window of s = width*K blocks of B_g = d_g/K channels from block b_g(u), inside
+    every segment; `shear`: per-group (c_g, e_g), None for the chain coefficients (right for chain
+    layouts only); `group_segments`: R_g per group (empty: 1 each)."""
     shear = _checked_shear(shear, len(group_sizes))
+    segments = checked_segments(group_segments, group_sizes)
+    check_fedbrb_blocks(group_sizes, segments, num_blocks)
     s = round(width * num_blocks)
     out = []
-    for n, (c, e) in zip(group_sizes, shear, strict=True):
-        b = n // num_blocks
-        out.append(window(rolling_block_start(u, c, num_blocks, schedule, e) * b, s * b, n))
+    for n, r, (c, e) in zip(group_sizes, segments, shear, strict=True):
+        d = n // r
+        b = d // num_blocks
+        out.append(in_every_segment(window(rolling_block_start(u, c, num_blocks, schedule, e) * b, s * b, d), r, d))
     return tuple(out)
+
+
+def checked_segments(group_segments: Sequence[int], group_sizes: Sequence[int]) -> tuple[int, ...]:
+    """R_g per group (1 each when none are given), each a positive divisor of its group's size."""
+    if not group_segments:
+        return (1,) * len(group_sizes)
+    if len(group_segments) != len(group_sizes):
+        raise ValueError(f"group_segments: {len(group_segments)} segment counts for {len(group_sizes)} channel groups")
+    for g, (n, r) in enumerate(zip(group_sizes, group_segments, strict=True)):
+        if r < 1 or n % r:
+            raise ValueError(f"group_segments: channel group {g} of size {n} does not hold {r} equal segments")
+    return tuple(group_segments)
+
+
+def check_fedbrb_blocks(group_sizes: Sequence[int], segments: Sequence[int], num_blocks: int) -> None:
+    """FedBRB cuts each segment of every group into K equal blocks: ValueError naming a group that does not."""
+    for g in uneven_groups(group_sizes, num_blocks, segments):
+        raise ValueError(f"fedbrb: {describe_group(g, group_sizes, segments)} does not split into "
+                         f"K = {num_blocks} blocks")
 
 
 def _checked_shear(shear: Sequence[Shear] | None, num_groups: int) -> Sequence[Shear]:
@@ -79,17 +112,24 @@ def make_round_plans(
     seed: int,
     schedule: str = "shear",
     shear: Sequence[Shear] | None = None,
+    group_segments: Sequence[int] = (),
 ) -> list[ClientPlan]:
     """Plans for the sampled `clients` (with their widths) of round `round_idx`.
 
     `shear`: FedBRB's per-group coefficients (c_g, e_g), `shear_coefficients(layout)`; None gives the
     chain coefficients (c_g = g, e_g = 0), which are right for chain layouts only. Other methods ignore it.
+    `group_segments`: R_g per group, `layout.group_segments` (empty: 1 each); every method picks its
+    channels within one segment of d_g = N_g / R_g and applies them in every segment.
 
     For fedavg and fedavg_small every client takes the whole global model (fedavg_small's global
     model is itself small; the model builder handles that).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    segments = checked_segments(group_segments, group_sizes)
+    if method == "fedbrb":
+        check_fedbrb_blocks(group_sizes, segments, num_blocks)
+    per_segment = [(n // r, r) for n, r in zip(group_sizes, segments, strict=True)]
     order = sorted(range(len(clients)), key=lambda j: clients[j])
     m = len(clients)
     plans: list[ClientPlan | None] = [None] * m
@@ -101,13 +141,16 @@ def make_round_plans(
             idx = tuple(torch.arange(n) for n in group_sizes)
         elif method == "fedbrb":
             roll = round_idx * m + j
-            idx = fedbrb_indices(roll, width, group_sizes, num_blocks, schedule, shear)
+            idx = fedbrb_indices(roll, width, group_sizes, num_blocks, schedule, shear, segments)
         elif method == "fedrolex":
-            idx = tuple(window(round_idx % n, channel_count(width, n), n) for n in group_sizes)
+            idx = tuple(in_every_segment(window(round_idx % d, channel_count(width, d), d), r, d)
+                        for d, r in per_segment)
         elif method == "heterofl":
-            idx = tuple(torch.arange(channel_count(width, n)) for n in group_sizes)
+            idx = tuple(in_every_segment(torch.arange(channel_count(width, d)), r, d) for d, r in per_segment)
         else:  # fd: its own generator per (round, client), so engines agree whatever their order
             gen = torch_generator(seed, STREAM_PLAN, round_idx, client)
-            idx = tuple(torch.randperm(n, generator=gen)[: channel_count(width, n)].sort().values for n in group_sizes)
+            idx = tuple(
+                in_every_segment(torch.randperm(d, generator=gen)[: channel_count(width, d)].sort().values, r, d)
+                for d, r in per_segment)
         plans[pos] = ClientPlan(client=client, width=width, indices=idx, roll=roll)
     return plans  # type: ignore[return-value]

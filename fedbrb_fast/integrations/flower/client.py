@@ -30,8 +30,10 @@ def make_client_app(model: ModelFamily, load_data: DataFn, *, local: LocalTraini
     def received(msg: Message) -> tuple[ConfigRecord, PlanRecord, dict[str, Tensor]]:
         config = single_record(msg.content.config_records, configrecord_key, "ConfigRecord")
         plan = PlanRecord.from_config(config)
-        if plan.group_sizes != tuple(model.layout.group_sizes):
-            raise ValueError(f"plan for channel groups {plan.group_sizes}, this model has {model.layout.group_sizes}")
+        segments = tuple(model.layout.group_segments) or (1,) * len(model.layout.group_sizes)
+        if plan.group_sizes != tuple(model.layout.group_sizes) or plan.segments != segments:
+            raise ValueError(f"plan for channel groups {plan.group_sizes} of {plan.segments} segments, this model has "
+                             f"{model.layout.group_sizes} of {segments}")
         record = single_record(msg.content.array_records, arrayrecord_key, "ArrayRecord")
         indices = plan.indices()
         params = decode_arrays(record, {s.name: model.layout.sub_shape(s, indices) for s in model.layout.params})

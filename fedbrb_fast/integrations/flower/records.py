@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Messa
 from numpy.lib import format as npy_format
 from torch import Tensor
 
-from ...plans import ClientPlan, window
+from ...plans import ClientPlan, in_every_segment, window
 from ...training import LocalTraining
 
 _FLOAT_DTYPES = {"float16", "float32", "float64"}
@@ -30,47 +30,58 @@ class MalformedReply(ValueError):
 
 @dataclass(frozen=True)
 class PlanRecord:
-    """A node's plan: its width and, per channel group, the window `(start, size)` of channels
-    it holds (windows wrap around at the group size)."""
+    """A node's plan: its width and, per channel group, the window `(start, size)` of channels it
+    holds inside each of the group's `segments` (docs/algorithm.md#segments): windows wrap around
+    at the segment size N_g / R_g and apply in every segment (R_g = 1: the whole group)."""
 
     method: str
     width: float
     starts: tuple[int, ...]
     sizes: tuple[int, ...]
     group_sizes: tuple[int, ...]
+    segments: tuple[int, ...]
 
     @classmethod
-    def of(cls, method: str, plan: ClientPlan, group_sizes: Sequence[int]) -> PlanRecord:
+    def of(cls, method: str, plan: ClientPlan, group_sizes: Sequence[int],
+           group_segments: Sequence[int] = ()) -> PlanRecord:
+        segments = tuple(group_segments) or (1,) * len(group_sizes)
         starts, sizes = [], []
-        for ix, n in zip(plan.indices, group_sizes, strict=True):
-            start, size = int(ix[0]), len(ix)
-            if not torch.equal(ix, window(start, size, n)):
-                raise ValueError(f"{method}: a plan that is not a window cannot be sent as one")
+        for ix, n, r in zip(plan.indices, group_sizes, segments, strict=True):
+            start, size = int(ix[0]), len(ix) // r
+            if not torch.equal(ix, in_every_segment(window(start, size, n // r), r, n // r)):
+                raise ValueError(f"{method}: a plan that is not a window (in every segment) cannot be sent as one")
             starts.append(start)
             sizes.append(size)
-        return cls(method, plan.width, tuple(starts), tuple(sizes), tuple(group_sizes))
+        return cls(method, plan.width, tuple(starts), tuple(sizes), tuple(group_sizes), segments)
 
     def indices(self) -> tuple[Tensor, ...]:
-        return tuple(window(s, k, n) for s, k, n in zip(self.starts, self.sizes, self.group_sizes, strict=True))
+        return tuple(in_every_segment(window(s, k, n // r), r, n // r)
+                     for s, k, n, r in zip(self.starts, self.sizes, self.group_sizes, self.segments, strict=True))
 
     def to_config(self) -> dict[str, ConfigRecordValues]:
         return {"plan-method": self.method, "plan-width": float(self.width), "plan-starts": list(self.starts),
-                "plan-sizes": list(self.sizes), "plan-group-sizes": list(self.group_sizes)}
+                "plan-sizes": list(self.sizes), "plan-group-sizes": list(self.group_sizes),
+                "plan-segments": list(self.segments)}
 
     @classmethod
     def from_config(cls, config: ConfigRecord | Mapping[str, object]) -> PlanRecord:
+        """The plan of `config`; without "plan-segments" (senders before segments) every group has one."""
         try:
             method, width = str(config["plan-method"]), config_float(config, "plan-width")
             starts, sizes, groups = (config_ints(config, k) for k in ("plan-starts", "plan-sizes", "plan-group-sizes"))
+            segments = config_ints(config, "plan-segments") if "plan-segments" in config else (1,) * len(groups)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"the message carries no valid plan (plan-* entries): {exc!r}") from None
-        if not (len(starts) == len(sizes) == len(groups)):
-            raise ValueError("plan-starts, plan-sizes and plan-group-sizes differ in length")
-        triples = zip(starts, sizes, groups, strict=True)
-        if not 0 < width <= 1 or any(not (0 <= s < n and 1 <= k <= n) for s, k, n in triples):
+        if not (len(starts) == len(sizes) == len(groups) == len(segments)):
+            raise ValueError("plan-starts, plan-sizes, plan-group-sizes and plan-segments differ in length")
+        if any(r < 1 or n % r for n, r in zip(groups, segments, strict=True)):
+            raise ValueError(f"plan-segments {list(segments)} do not split channel groups {list(groups)} equally")
+        spans = [n // r for n, r in zip(groups, segments, strict=True)]
+        if not 0 < width <= 1 or any(not (0 <= s < d and 1 <= k <= d) for s, k, d in zip(starts, sizes, spans,
+                                                                                           strict=True)):
             raise ValueError(f"plan out of range: width {width}, windows {list(zip(starts, sizes, strict=True))} "
-                             f"of {groups}")
-        return cls(method, width, starts, sizes, groups)
+                             f"of {spans}")
+        return cls(method, width, starts, sizes, groups, segments)
 
 
 def config_int(config: Mapping[str, object], key: str, default: int | None = None) -> int:

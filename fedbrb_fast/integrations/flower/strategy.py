@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ...aggregation import Accumulator, AggregationOverflow, ClientBatch, rule_for_method
 from ...aggregation.backends import BACKENDS
-from ...methods import uneven_groups
+from ...methods import describe_group, uneven_groups
 from ...models.layout import ModelLayout, extract
 from ...plans import ClientPlan, Shear, make_round_plans, sample_clients, shear_coefficients
 from .node_numbering import NodeNumbering
@@ -288,7 +288,8 @@ class SubModelStrategy(Strategy):
         widths = [self._width_of(node) for node in nodes]
         return make_round_plans(self.method, server_round - 1, [self._numbering.index(n) for n in nodes], widths,
                                 group_sizes=self.layout.group_sizes, num_blocks=self.num_blocks, seed=self.seed,
-                                schedule=self.schedule, shear=self.shear)
+                                schedule=self.schedule, shear=self.shear,
+                                group_segments=self.layout.group_segments)
 
     def _width_of(self, node: int) -> float:
         if node not in self._widths:
@@ -309,16 +310,17 @@ class SubModelStrategy(Strategy):
         if not 0 < width <= 1 or abs(blocks - round(blocks)) > 1e-9:
             raise ValueError(f"{what} = {width} must be in (0, 1] and a multiple of 1/K = 1/{self.num_blocks}")
         if self.method == "fedbrb":
-            uneven = [self.layout.group_sizes[g] for g in uneven_groups(self.layout.group_sizes, self.num_blocks)]
+            sizes, segments = self.layout.group_sizes, self.layout.group_segments
+            uneven = [describe_group(g, sizes, segments) for g in uneven_groups(sizes, self.num_blocks, segments)]
             if uneven:
-                raise ValueError(f"fedbrb: channel groups {uneven} do not split into K = {self.num_blocks} blocks")
+                raise ValueError(f"fedbrb: {', '.join(uneven)} do not split into K = {self.num_blocks} blocks")
         return float(width)
 
     def _message(self, node: int, plan: ClientPlan, server_round: int, config: ConfigRecord, kind: str,
                  params: Mapping[str, Tensor] | None = None) -> Message:
         params = params if params is not None else self._global
         assert params is not None
-        plan_record = PlanRecord.of(self.method, plan, self.layout.group_sizes)
+        plan_record = PlanRecord.of(self.method, plan, self.layout.group_sizes, self.layout.group_segments)
         per_round = self._round_config(server_round) if self._round_config else {}
         content = RecordDict({
             self.arrayrecord_key: array_record(extract(params, self.layout, plan.indices)),
