@@ -16,12 +16,6 @@ from torch import Tensor
 from ..models.layout import ModelLayout, ParamSpec
 
 
-def tile_positions(spec: ParamSpec, layout: ModelLayout, num_blocks: int) -> tuple[int, ...]:
-    """Tile positions along every axis of a tensor: K on a sliced axis, R_g * K (segment, block) on
-    an axis of a group of R_g segments (docs/algorithm.md#segments), 1 on a whole axis."""
-    return tuple(num_blocks * layout.segments(g) if g is not None else 1 for g in spec.axis_groups)
-
-
 @dataclass(frozen=True)
 class TensorGeometry:
     """`row_group` / `col_group`: the channel group slicing the rows / columns, or None. A 1-d

@@ -11,7 +11,6 @@ from torch import Tensor
 
 from ..models.layout import ModelLayout, ParamSpec, gather_tensor
 from .errors import AggregationOverflow
-from .geometry import tile_positions
 from .rule import AggregationResult, AggregationRule
 from .updates import ClientBatch, ClientUpdate, as_updates
 from .validation import non_finite_tensors, validate_updates
@@ -35,7 +34,7 @@ def aggregate_reference(global_params: Mapping[str, Tensor], layout: ModelLayout
         if rule.kind == "overlap":
             new[spec.name] = _overlap(p, spec, kept)
         else:
-            new[spec.name] = _broadcast(p, spec, kept, rule.lam, tile_positions(spec, layout, rule.num_blocks))
+            new[spec.name] = _broadcast(p, spec, kept, rule.lam, _tile_positions(spec, layout, rule.num_blocks))
     overflowed = [n for n, t in new.items() if not torch.isfinite(t).all() and torch.isfinite(global_params[n]).all()]
     if overflowed:
         raise AggregationOverflow(overflowed)
@@ -67,6 +66,12 @@ def _overlap(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate]) -> Ten
         num.index_put_(mesh, w * theta, accumulate=True)
         den.index_put_(mesh, w, accumulate=True)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(p.dtype).tiny), p)
+
+
+def _tile_positions(spec: ParamSpec, layout: ModelLayout, num_blocks: int) -> tuple[int, ...]:
+    """Tile positions along every axis of a tensor: K on a sliced axis, R_g * K (segment, block) on
+    an axis of a group of R_g segments (docs/algorithm.md#segments), 1 on a whole axis."""
+    return tuple(num_blocks * layout.segments(g) if g is not None else 1 for g in spec.axis_groups)
 
 
 def _broadcast(p: Tensor, spec: ParamSpec, updates: Sequence[ClientUpdate], lam: float,
