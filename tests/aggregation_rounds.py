@@ -1,6 +1,7 @@
 """Small aggregation rounds for the backend tests: real plans of every method on MLP, CNN,
-PreResNet-18 and a layout with a segmented group (tests/segmented_family.py; FedBRB with the layout's
-shear), mixed widths, optional label masks and zero weights."""
+PreResNet-18, the Transformer (heads as segments) and a layout with a segmented group
+(tests/segmented_family.py; FedBRB with the layout's shear), mixed widths, optional label masks and
+zero weights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from segmented_family import SegmentedNet
 
 from fedbrb_fast.aggregation import ClientBatch, ClientUpdate
-from fedbrb_fast.models import CNN, MLP, PreResNet, extract
+from fedbrb_fast.models import CNN, MLP, PreResNet, Transformer, extract
 from fedbrb_fast.plans import make_round_plans, shear_coefficients
 
 WIDTHS = (0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25, 1.0, 0.25)
@@ -20,6 +21,8 @@ def model(arch: str):
         return PreResNet(2, [4, 8, 8, 4], 5, norm="bn")
     if arch == "segmented":
         return SegmentedNet(6, 5)
+    if arch == "transformer":  # two heads of four channels: one block of each per head at K = 4
+        return Transformer(5, context=4, dim=8, heads=2, mlp=8, layers=1)
     return MLP(6, [8, 12], 5, norm="bn") if arch == "mlp" else CNN(2, [4, 8], 5, norm="bn")
 
 

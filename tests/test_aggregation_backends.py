@@ -23,7 +23,8 @@ RULES = {
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("method", ["fedbrb", "fedrolex", "heterofl", "fd", "fedavg"])
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow),
+                                  pytest.param("transformer", marks=pytest.mark.slow)])
 def test_backend_matches_reference(arch, method, rule, backend):
     layout, params, updates = make_round(arch, method, label_mask=method == "fedrolex", zero_weight=method == "fd")
     expected = aggregate(params, layout, updates, RULES[rule])
@@ -34,7 +35,8 @@ def test_backend_matches_reference(arch, method, rule, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["fedbrb", "fd"])
-@pytest.mark.parametrize("arch", ["cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow),
+                                  pytest.param("transformer", marks=pytest.mark.slow)])
 def test_stacked_batches_match_reference(arch, method, backend):
     layout, params, updates = make_round(arch, method, label_mask=True)
     rule = RULES["lam0.3"]

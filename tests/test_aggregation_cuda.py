@@ -35,7 +35,7 @@ def test_kernels_compile_for_sm90(tmp_path):
 
 
 @pytest.mark.gpu  # the extension is built and run only where a GPU exists
-@pytest.mark.parametrize("arch", ["cnn", "preresnet18", "segmented"])
+@pytest.mark.parametrize("arch", ["cnn", "preresnet18", "segmented", "transformer"])
 def test_cuda_backend_matches_reference_on_gpu(arch):
     layout, params, updates = make_round(arch, "fedbrb", label_mask=True)
     rule = AggregationRule("broadcast", lam=0.3, num_blocks=NUM_BLOCKS)

@@ -80,7 +80,8 @@ def test_apply_matches_reference(c_shape, p_dtype, kernel_device):
     assert torch.allclose(tri.apply_overlap(p, a, c).float(), ref.apply_overlap_reference(p, a, c).float(), atol=tol)
 
 
-@pytest.mark.parametrize("arch", ["cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["cnn", "segmented", pytest.param("preresnet18", marks=pytest.mark.slow),
+                                  pytest.param("transformer", marks=pytest.mark.slow)])
 def test_triton_backend_end_to_end(kernel_device, arch):
     layout, params, updates = make_round(arch, "fedbrb", label_mask=True, zero_weight=True,
                                          widths=(0.25, 0.5, 0.25, 1.0))
