@@ -136,7 +136,21 @@ def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
         if "notes" in cov:  # over every tensor of the model (summaries before PreResNet-18 lack it)
             lines += ["", "Over every tensor of the model, tensors with tiles that no plan trained whole: " + ", ".join(
                 f"{arm} {len(notes)}" for arm, notes in cov["notes"].items()) + "."]
+    if "samples" in s:  # a language model: what each method's final global model writes
+        sm = s["samples"]
+        lines += ["", f"What the final global models write: {len(next(iter(sm['texts'].values()), ''))} characters "
+                      f"sampled (temperature {sm['temperature']:g}, the same generator seed for every method) after "
+                      f"the prompt below, from each method's model in scenario `{sm['scenario']}`, seed {sm['seed']}.",
+                  "", "```text", f"prompt: {sm['prompt']}"]
+        for method, text in sm["texts"].items():
+            lines += [f"{method + ':':<13} {_one_line(text)}"]
+        lines += ["```"]
     return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """Sampled text on one line of the report (line breaks shown as a pilcrow)."""
+    return text.replace("\n", " ¶ ")
 
 
 def results_table(s: Mapping[str, Any]) -> str:

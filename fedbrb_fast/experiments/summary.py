@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, NormedConfig
 from ..methods import METHODS
 from .coverage import IN_GROUP, OUT_GROUP, replay_coverage
 from .formatting import format_widths
 from .plots import plot_coverage, plot_scenario_curves
+from .samples import continuation_samples
 from .stats import arm_result
 from .suite import RunOutcome, Suite
 
@@ -45,7 +46,8 @@ def describe_setup(cfg: ExperimentConfig) -> dict[str, Any]:
     partition = {"dirichlet": f"dirichlet({d.dirichlet_alpha:g})", "shards": f"shards({d.shards_per_client})"}
     return {
         "dataset": d.dataset, "partition": d.partition, "partition_label": partition.get(d.partition, d.partition),
-        "arch": cfg.model.arch, "hidden": cfg.model.group_sizes, "norm": cfg.model.norm,
+        "arch": cfg.model.arch, "hidden": cfg.model.group_sizes,
+        "norm": cfg.model.norm if isinstance(cfg.model, NormedConfig) else "layernorm",
         "widths": list(c.widths), "proportions": c.proportions, "num_clients": c.num_clients,
         "per_round": c.per_round, "rounds": cfg.rounds, "local_epochs": t.local_epochs, "batch_size": t.batch_size,
         "lr": t.lr, "lr_schedule": t.lr_schedule, "momentum": t.momentum, "weight_decay": t.weight_decay,
@@ -90,6 +92,7 @@ def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, 
         "roles": dict(suite.roles),
         "scenarios": scenarios,
         "coverage": coverage_summary(suite, outcomes),
+        **({"samples": samples} if (samples := continuation_samples(suite, outcomes)) is not None else {}),
     }
 
 
