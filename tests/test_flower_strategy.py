@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fedbrb_fast.aggregation import ClientUpdate, aggregate, rule_for_method
 from fedbrb_fast.integrations.flower import FedBRB, FedRolex, HeteroFL, PlanRecord
 from fedbrb_fast.integrations.flower.node_numbering import NodeNumbering
-from fedbrb_fast.models import MLP, PreResNet, extract
+from fedbrb_fast.models import MLP, PreResNet, Transformer, extract
 from fedbrb_fast.plans import make_round_plans, sample_clients, shear_coefficients
 
 pytestmark = pytest.mark.usefixtures(task_identity.__name__)
@@ -55,8 +55,10 @@ class NodesGrid(Grid):
         raise NotImplementedError
 
 
-MODELS = {"mlp": lambda: MLP(20, [16, 8], 5, norm="bn"), "preresnet18": lambda: PreResNet(2, [4, 8, 8, 4], 5)}
-ARCHS = ["mlp", pytest.param("preresnet18", marks=pytest.mark.slow)]  # with `indirect=["model"]`
+MODELS = {"mlp": lambda: MLP(20, [16, 8], 5, norm="bn"), "preresnet18": lambda: PreResNet(2, [4, 8, 8, 4], 5),
+          "transformer": lambda: Transformer(5, context=4, dim=16, heads=2, mlp=8, layers=1)}
+ARCHS = ["mlp", pytest.param("preresnet18", marks=pytest.mark.slow),
+         pytest.param("transformer", marks=pytest.mark.slow)]  # with `indirect=["model"]`
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_configure_train_sends_each_node_its_sub_model_and_plan(method, model, g
     assert [m.metadata.dst_node_id for m in messages] == chosen
     plans = make_round_plans(method, 2, [nodes.index(n) for n in chosen], [mixed_width(n) for n in chosen],
                              group_sizes=model.layout.group_sizes, num_blocks=4, seed=0,
-                             shear=shear_coefficients(model.layout))
+                             shear=shear_coefficients(model.layout), group_segments=model.layout.group_segments)
     for msg, plan in zip(messages, plans, strict=True):
         assert msg.metadata.message_type == MessageType.TRAIN
         config = msg.content["config"]
