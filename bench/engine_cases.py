@@ -138,9 +138,9 @@ def make_case(name: str, num_clients: int, *, tiny: bool = False) -> EngineCase:
         data, hp, width = mnist5k_clients(num_clients), LocalTraining(1, 10, 0.02, 0.9, 5e-4), 1 / 16
     elif name == "transformer":
         data = shakespeare_clients(num_clients)
-        size = {"layers": 2, "dim": 32, "heads": 4, "mlp": 64} if tiny else {"layers": 4, "dim": 256, "heads": 8,
-                                                                              "mlp": 1024}
-        model = Transformer(data.num_classes, context=data.input_shape[0], **size)
+        layers, dim, heads, mlp = (2, 32, 4, 64) if tiny else (4, 256, 8, 1024)
+        model = Transformer(data.num_classes, context=data.input_shape[0], dim=dim, heads=heads, mlp=mlp,
+                            layers=layers)
         hp, width = LocalTraining(1, 10, 0.05, 0.9, 5e-4), 1 / 8
     else:
         raise ValueError(f"unknown case {name!r}; expected one of {CASES}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_every_head_keeps_the_same_channels():
 
 
 def tiny_cfg(method: str, engine: str, tmp_path: Path, **sections) -> dict:
-    raw = {"rounds": 2, "seed": 0, "output_dir": str(tmp_path / engine),
+    raw: dict[str, Any] = {"rounds": 2, "seed": 0, "output_dir": str(tmp_path / engine),
            "data": {"dataset": "shakespeare", "partition": "natural", "seq_len": 12, "max_test_sequences": 30},
            "model": {"arch": "transformer", "layers": 1, "dim": 16, "heads": 2, "mlp": 16, "context": 12},
            "clients": {"num_clients": 6, "per_round": 4, "widths": ["1/4", "1/2"], "proportions": [1, 1]},
