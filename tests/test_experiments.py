@@ -413,3 +413,23 @@ def test_quick_preresnet18_suites_on_mnist5k_and_on_cifar10_files(tmp_path):
         rows = read_metrics(tmp_path / "runs" / name / "dir0.3_w8" / "fedbrb" / "seed0" / "metrics.jsonl")
         assert len(rows) == 1 and rows[0]["accuracy"] is not None
         assert round(rows[0]["accuracy"] * n_test) == pytest.approx(rows[0]["accuracy"] * n_test)
+
+
+@pytest.mark.slow  # a whole quick suite on the real plays
+def test_quick_shakespeare_suite_reports_a_sampled_continuation_per_method(tmp_path):
+    res = cli.invoke(app, ["suite", str(EXAMPLES / "shakespeare_transformer.toml"), "--quick", "--out",
+                           str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "runs" / "shakespeare_transformer" / "summary.json").read_text())
+    assert {s["setup"]["arch"] for s in summary["scenarios"]} == {"transformer"}
+    samples = summary["samples"]
+    assert samples["scenario"] == "natural_w8" and samples["prompt"].startswith("ROMEO.")
+    assert set(samples["texts"]) == {"fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg"}
+    assert all(len(t) == 200 for t in samples["texts"].values())
+    rows = read_metrics(tmp_path / "runs" / "shakespeare_transformer" / "natural_w8" / "fedbrb" / "seed0" /
+                        "metrics.jsonl")
+    assert rows[0]["perplexity"] == pytest.approx(math.exp(rows[0]["loss"]))
+    res = cli.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "docs" / "results.md")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "What the final global models write" in text and f"prompt: {samples['prompt']}" in text
