@@ -31,7 +31,7 @@ from plain_loop import PlainFamily, plain_round
 from torch import Tensor
 
 from fedbrb_fast.aggregation import AggregationRule, rule_for_method
-from fedbrb_fast.data import FederatedData, load_dataset
+from fedbrb_fast.data import Dataset, FederatedData, load_dataset
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext
 from fedbrb_fast.engines.base import aggregate_stream
 from fedbrb_fast.models import CNN, MLP, FunctionalView, Transformer
@@ -108,15 +108,16 @@ def mnist5k_clients(num_clients: int, seed: int = SEED) -> FederatedData:
 
 
 def synthetic_clients(num_clients: int, seed: int = SEED) -> FederatedData:
-    ds = load_dataset("synthetic", seed=seed, num_clients=num_clients, synthetic_max_samples=1000)
-    assert ds.natural_clients is not None
-    return FederatedData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape,
-                         ds.natural_clients)
+    return natural_clients(load_dataset("synthetic", seed=seed, num_clients=num_clients, synthetic_max_samples=1000))
 
 
 def shakespeare_clients(num_clients: int, seed: int = SEED) -> FederatedData:
     """`num_clients` speaking roles of the plays (a seeded choice), 80-character sequences."""
-    ds = load_dataset("shakespeare", seed=seed, num_clients=num_clients)
+    return natural_clients(load_dataset("shakespeare", seed=seed, num_clients=num_clients))
+
+
+def natural_clients(ds: Dataset) -> FederatedData:
+    """A dataset with its own clients, as the engines see it."""
     assert ds.natural_clients is not None
     return FederatedData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape,
                          ds.natural_clients, vocabulary=ds.vocabulary)

@@ -34,13 +34,18 @@ def portable(u, layout, as_window: bool):
                   masks={k: v.numpy() for k, v in u.masks.items()}, client=u.client)
 
 
-@pytest.mark.parametrize("method,as_window", [("fedrolex", True), ("fedbrb", True), ("fd", False)])
+# "segmented": axes of R equal segments (attention heads, docs/algorithm.md#segments) declared as
+# {axis: R}: a window is taken inside each segment, and the broadcast rule tiles the axis into R * K
+# positions, as the layout's group_segments make the reference do.
+@pytest.mark.parametrize("arch,axes_of", [("cnn", sliced_axes), ("segmented", segmented_axes)],
+                         ids=["axis-lists", "segmented"])
+@pytest.mark.parametrize("method,as_window", [("fedrolex", True), ("fedbrb", True), ("heterofl", True), ("fd", False)])
 @pytest.mark.parametrize("rule", [RULE, AggregationRule("overlap")])
-def test_numpy_updates_match_the_reference(method, as_window, rule):
-    layout, params, updates = make_round("cnn", method, label_mask=True)
+def test_numpy_updates_match_the_reference(arch, axes_of, method, as_window, rule):
+    layout, params, updates = make_round(arch, method, label_mask=True)
     expected = aggregate(params, layout, updates, rule)
     got = aggregate_arrays({k: v.numpy() for k, v in params.items()}, [portable(u, layout, as_window) for u in updates],
-                           rule, sliced=sliced_axes(layout), backend="numba")
+                           rule, sliced=axes_of(layout), backend="numba")
     assert got.included == expected.included
     for name, value in expected.params.items():
         assert isinstance(got.params[name], np.ndarray) and got.params[name].dtype == np.float32
@@ -107,20 +112,6 @@ def test_only_axes_0_and_1_may_be_sliced():
 
 
 # -- axes of R equal segments (attention heads, docs/algorithm.md#segments) -------------------------
-@pytest.mark.parametrize("method,as_window", [("fedrolex", True), ("fedbrb", True), ("heterofl", True), ("fd", False)])
-@pytest.mark.parametrize("rule", [RULE, AggregationRule("overlap")])
-def test_segmented_axes_match_the_reference(method, as_window, rule):
-    """{axis: R} declares segments: a window is taken inside each segment, and the broadcast rule
-    tiles the axis into R * K positions, as the layout's group_segments make the reference do."""
-    layout, params, updates = make_round("segmented", method, label_mask=True)
-    expected = aggregate(params, layout, updates, rule)
-    got = aggregate_arrays({k: v.numpy() for k, v in params.items()}, [portable(u, layout, as_window) for u in updates],
-                           rule, sliced=segmented_axes(layout), backend="numba")
-    assert got.included == expected.included
-    for name, value in expected.params.items():
-        np.testing.assert_allclose(got.params[name], value.numpy(), atol=1e-5)
-
-
 def test_streaming_segmented_updates_with_torch_tensors():
     layout, params, updates = make_round("segmented", "fedbrb")
     acc = Accumulator(params, segmented_axes(layout), RULE, backend="torch")
