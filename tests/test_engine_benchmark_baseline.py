@@ -133,3 +133,22 @@ def test_merge_replaces_only_the_entries_measured_again():
     # points of older files (no case) are the MLP's; a point of another case replaces nothing
     assert [(p.get("case", "mlp"), p["clients"], p["v"]) for p in points] == [
         ("mlp", 10, 1), ("mlp", 100, 2), ("mlp", 1000, 1), ("preresnet", 10, 2)]
+
+
+@pytest.mark.slow  # measures the machine's peak twice (a few seconds)
+def test_attention_benchmark_times_lanes_where_they_exist_and_writes_json(tmp_path):
+    from bench_attention import main
+
+    from fedbrb_fast.kernels.causal_attention_cpu import HEAD_DIMS, lanes_unavailable
+
+    if lanes_unavailable() is not None:
+        pytest.skip(f"lanes kernel unavailable: {lanes_unavailable()}")
+    out = tmp_path / "attention.json"
+    result = main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert {(r["shape"][-1], r["pass"]) for r in saved["rows"]} == {
+        (d, p) for d in (2, 4, 8, 16) for p in ("forward", "forward+backward")}
+    for row in saved["rows"]:
+        assert ("lanes_vs_sdpa" in row) == (row["shape"][-1] in HEAD_DIMS)
+        assert row["sdpa_best_s"] > 0 and "drift" in saved["noise"]

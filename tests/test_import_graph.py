@@ -15,6 +15,7 @@ ROOT = Path(fedbrb_fast.__file__).parent
 KERNEL_ADAPTERS = {
     "fedbrb_fast.aggregation.backends.torch_backend", "fedbrb_fast.aggregation.backends.triton_backend",
     "fedbrb_fast.engines.batched", "fedbrb_fast.training.batched",
+    "fedbrb_fast.models.transformer_stacked",  # the CPU lanes attention kernel (falls back to torch's SDPA)
 }
 
 

@@ -1,7 +1,8 @@
 """The Transformer over stacked clients (models/transformer.py computes one client; this computes n).
 
-Weightless steps see the clients as more samples: attention runs as one fused
-`scaled_dot_product_attention` over [n * b] sequences, so no client's [heads, L, L] score matrix is
+Weightless steps see the clients as more samples: attention runs as one fused kernel over [n * b]
+sequences (kernels/causal_attention_cpu.causal_attention: the CPU lanes kernel at small head
+dimensions, else `scaled_dot_product_attention`), so no client's [heads, L, L] score matrix is
 ever written out (under vmap the functional forward's written-out attention materializes them all,
 and its masking, scaling and softmax passes over them took 3x the whole stacked step). Every linear
 layer is one batched GEMM over the client's b * L tokens, with the scaler folded into its weight
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..kernels.causal_attention_cpu import causal_attention
 
 LN_EPS = 1e-5
 
@@ -35,8 +38,7 @@ def transformer_forward_stacked(params: Mapping[str, Tensor], x: Tensor, *, laye
 
         a = _layer_norm(h, params[p + "norm1.weight"], params[p + "norm1.bias"])
         q, k, v = (_heads(linear(a, t), heads) for t in ("q", "k", "v"))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        att = att.transpose(1, 2).reshape(n, b, length, -1)  # [n*b, heads, L, d] -> [n, b, L, heads * d]
+        att = causal_attention(q, k, v).reshape(n, b, length, -1)  # [n*b, L, heads, d] -> [n, b, L, heads * d]
         h = h + linear(att, "o")
         m = F.gelu(linear(_layer_norm(h, params[p + "norm2.weight"], params[p + "norm2.bias"]), "fc1"))
         h = h + linear(m, "fc2")
@@ -61,6 +63,6 @@ def _layer_norm(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 def _heads(t: Tensor, heads: int) -> Tensor:
-    """[n, b, L, heads * d] -> [n * b, heads, L, d]."""
+    """[n, b, L, heads * d] -> [n * b, L, heads, d]."""
     n, b, length, _ = t.shape
-    return t.reshape(n * b, length, heads, -1).transpose(1, 2)
+    return t.reshape(n * b, length, heads, -1)
