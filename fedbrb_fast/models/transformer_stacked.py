@@ -5,9 +5,9 @@ sequences (kernels/causal_attention_cpu.causal_attention: the CPU lanes kernel a
 dimensions, else `scaled_dot_product_attention`), so no client's [heads, L, L] score matrix is
 ever written out (under vmap the functional forward's written-out attention materializes them all,
 and its masking, scaling and softmax passes over them took 3x the whole stacked step). Every linear
-layer is one batched GEMM over the client's b * L tokens, with the scaler folded into its weight
-and bias (no pass over the activations); LayerNorm normalizes each token
-without its affine, which is then applied per client.
+layer is one batched GEMM over the client's b * L tokens (Q, K and V one GEMM together), with the
+scaler folded into its weight and bias (no pass over the activations); LayerNorm normalizes each
+token without its affine, which is folded into the next linear layer's weights per client.
 """
 
 from __future__ import annotations
@@ -32,18 +32,26 @@ def transformer_forward_stacked(params: Mapping[str, Tensor], x: Tensor, *, laye
     h = h * factor if factor != 1.0 else h
     for layer in range(layers):
         p = f"layer{layer}."
-
-        def linear(t: Tensor, name: str, scaled: bool = True, p: str = p) -> Tensor:
-            return _linear(t, params[p + name + ".weight"], params[p + name + ".bias"], factor if scaled else 1.0)
-
-        a = _layer_norm(h, params[p + "norm1.weight"], params[p + "norm1.bias"])
-        q, k, v = (_heads(linear(a, t), heads) for t in ("q", "k", "v"))
+        qkv = _normed_linear(h, params, p + "norm1", [p + "q", p + "k", p + "v"], factor)  # [n, b, L, 3 * D]
+        q, k, v = (_heads(t, heads) for t in qkv.chunk(3, dim=-1))
         att = causal_attention(q, k, v).reshape(n, b, length, -1)  # [n*b, L, heads, d] -> [n, b, L, heads * d]
-        h = h + linear(att, "o")
-        m = F.gelu(linear(_layer_norm(h, params[p + "norm2.weight"], params[p + "norm2.bias"]), "fc1"))
-        h = h + linear(m, "fc2")
-    h = _layer_norm(h, params["norm.weight"], params["norm.bias"])
-    return _linear(h, params["out.weight"], params["out.bias"], 1.0)
+        h = h + _linear(att, params[p + "o.weight"], params[p + "o.bias"], factor)
+        m = F.gelu(_normed_linear(h, params, p + "norm2", [p + "fc1"], factor))
+        h = h + _linear(m, params[p + "fc2.weight"], params[p + "fc2.bias"], factor)
+    return _normed_linear(h, params, "norm", ["out"], 1.0)
+
+
+def _normed_linear(h: Tensor, params: Mapping[str, Tensor], norm: str, linears: list[str], factor: float) -> Tensor:
+    """The linear layers `linears` (outputs concatenated) of LayerNorm `norm` of h. The norm's
+    per-client affine is folded into their weights: W (g * z + c) + d = (W g) z + (W c + d), so
+    the activations see one normalization and one GEMM, and the affine's passes over them (and
+    their gradients) are over the weights instead."""
+    weight = torch.cat([params[name + ".weight"] for name in linears], dim=1)  # [n, out, in]
+    bias = torch.cat([params[name + ".bias"] for name in linears], dim=1)
+    gain, shift = params[norm + ".weight"], params[norm + ".bias"]  # [n, in]
+    folded_bias = torch.baddbmm(bias.unsqueeze(2), weight, shift.unsqueeze(2)).squeeze(2)
+    normed = F.layer_norm(h, (h.shape[-1],), eps=LN_EPS)
+    return _linear(normed, weight * gain.unsqueeze(1), folded_bias, factor)
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor, factor: float) -> Tensor:
@@ -57,12 +65,7 @@ def _linear(h: Tensor, weight: Tensor, bias: Tensor, factor: float) -> Tensor:
     return out.view(n, b, length, -1)
 
 
-def _layer_norm(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    normed = F.layer_norm(h, (h.shape[-1],), eps=LN_EPS)
-    return torch.addcmul(bias.view(len(h), 1, 1, -1), normed, weight.view(len(h), 1, 1, -1))
-
-
 def _heads(t: Tensor, heads: int) -> Tensor:
-    """[n, b, L, heads * d] -> [n * b, L, heads, d]."""
+    """[n, b, L, heads * d] (a view) -> [n * b, L, heads, d], a view as long as t's rows are."""
     n, b, length, _ = t.shape
-    return t.reshape(n * b, length, heads, -1)
+    return t.view(n * b, length, heads, -1)
