@@ -59,7 +59,7 @@ def test_weighted_broadcast_hand_computed(lam):
 
 
 @pytest.mark.parametrize("lam, tiles, expected", [
-    (0.5, 64, 1 / 65),  # SPEC §5: a hidden-to-hidden weight at K = 8
+    (0.5, 64, 1 / 65),  # docs/algorithm.md#aggregation: a hidden-to-hidden weight at K = 8
     (0.5, 256, 1 / 257),  # K = 16
     (0.1, 64, 9 / 73),  # 0.9 / (0.9 + 6.4)
     (0.01, 64, 99 / 163),

@@ -49,7 +49,7 @@ class AggregationResult:
 
 def own_update_share(lam: float, num_tiles: int) -> float:
     """The share of its own update a tile keeps under weighted broadcast with weight `lam`, when
-    each of a tensor's `num_tiles` positions is trained once with equal weights (SPEC §5):
+    each of a tensor's `num_tiles` positions is trained once with equal weights (docs/algorithm.md#aggregation):
     `(1 - lam) / ((1 - lam) + lam * T)`; the rest is the broadcast mean. A hidden-to-hidden
     weight at K blocks per axis has T = K^2 (K = 8, lam = 0.5: 1/65)."""
     if not 0.0 <= lam <= 1.0:

@@ -47,7 +47,7 @@ def share(value: float) -> str:
 
 def own_shares(method: Mapping[str, Any], num_blocks: Iterable[int]) -> str:
     """What a tile of a hidden-to-hidden weight (T = K^2 tiles) keeps of its own update under the
-    arm's lam, at each K (SPEC §5): "own-update share 1/65 at K=8"; a schedule's first→last."""
+    arm's lam, at each K (docs/algorithm.md#aggregation): "own-update share 1/65 at K=8"; a schedule's first→last."""
     def at(k: int) -> str:
         first = share(own_update_share(method["lam"], k * k))
         if method["lam_schedule"] == "constant":

@@ -231,9 +231,10 @@ def _arm_legend(s: Mapping[str, Any]) -> str:
         lines.append(f"- `{a['name']}`{role}: {describe_arm(s, a['name'])}; `{' '.join(a['set'])}`{where}")
     if any(a["kind"] == "method" and a["name"] == "fedbrb" for a in s["arms"]):
         lines.append(f"- `fedbrb` (the method row): {describe_arm(s, 'fedbrb')}")
-    lines += ["", "Own-update share (SPEC §5): what a tile of a hidden-to-hidden weight (K x K tiles) keeps of its "
-                  "own update under weighted broadcast with weight lam, when every tile is trained once with equal "
-                  "weights: (1 − lam) / ((1 − lam) + lam·K²); the rest is the mean over all tiles."]
+    lines += ["", "Own-update share (docs/algorithm.md#aggregation): what a tile of a hidden-to-hidden weight "
+                  "(K x K tiles) keeps of its own update under weighted broadcast with weight lam, when every tile is "
+                  "trained once with equal weights: (1 − lam) / ((1 − lam) + lam·K²); the rest is the mean over all "
+                  "tiles."]
     return "\n".join(lines)
 
 
