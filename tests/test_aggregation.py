@@ -9,6 +9,7 @@ from fedbrb_fast.aggregation import (
     AggregationRule,
     ClientUpdate,
     aggregate,
+    own_update_share,
     rule_for_method,
 )
 from fedbrb_fast.models.layout import ModelLayout, ParamSpec, extract
@@ -55,6 +56,40 @@ def test_weighted_broadcast_hand_computed(lam):
     expected = torch.tensor([row0, row0, row2, row2]) + 10
     assert torch.allclose(res.params["b"], expected)
     assert torch.allclose(res.params["w"], expected.unsqueeze(1).expand(4, 3))
+
+
+@pytest.mark.parametrize("lam, tiles, expected", [
+    (0.5, 64, 1 / 65),  # docs/algorithm.md#aggregation: a hidden-to-hidden weight at K = 8
+    (0.5, 256, 1 / 257),  # K = 16
+    (0.1, 64, 9 / 73),  # 0.9 / (0.9 + 6.4)
+    (0.01, 64, 99 / 163),
+    (0.0, 64, 1.0),  # block-wise rolling alone keeps all of it
+    (1.0, 64, 0.0),  # every tile gets the broadcast mean
+    (0.5, 1, 0.5),  # one tile: the broadcast mean is its own update, so it keeps all of it in the end
+])
+def test_own_update_share_by_hand(lam, tiles, expected):
+    assert own_update_share(lam, tiles) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("lam, tiles", [(-0.1, 64), (1.5, 64), (0.5, 0)])
+def test_own_update_share_refuses_what_is_not_a_broadcast(lam, tiles):
+    with pytest.raises(AggregationError, match="lam must lie|num_tiles"):
+        own_update_share(lam, tiles)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.01, 0.1, 0.5, 1.0])
+def test_own_update_share_is_what_the_broadcast_rule_leaves_a_tile(lam):
+    """Every tile of an 8x8-tiled hidden-to-hidden weight trained once, equal weights, updates that sum
+    to zero (so the broadcast mean is zero): each tile moves by exactly the share of its own update."""
+    k = 8
+    layout = ModelLayout((k, k), (ParamSpec("w", (k, k), (0, 1)),))
+    deltas = torch.randn(k, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    deltas -= deltas.mean()
+    ups = [ClientUpdate(i * k + j, 1.0, (torch.tensor([i]), torch.tensor([j])), {"w": deltas[i, j].view(1, 1)})
+           for i in range(k) for j in range(k)]
+    res = aggregate({"w": torch.zeros(k, k, dtype=torch.float64)}, layout, ups,
+                    AggregationRule("broadcast", lam=lam, num_blocks=k), backend="reference")
+    assert torch.allclose(res.params["w"], own_update_share(lam, k * k) * deltas, atol=1e-12)
 
 
 def test_broadcast_lam_one_gives_every_tile_the_same_update():

@@ -314,7 +314,8 @@ def stat(mean, std):
 
 
 def scenario(name, partition, finals, std=0.01):
-    return {"name": name, "setup": {"partition": partition, "widths": [0.25, 0.125, 0.0625]},
+    return {"name": name, "setup": {"partition": partition, "partition_label": partition,
+                                    "widths": [0.25, 0.125, 0.0625], "num_blocks": 16},
             "results": {arm: {"final_accuracy": stat(m, std), "seconds": stat(1.0, 0.0),
                               "curve": {"round": [1], "mean": [m], "std": [std]}} for arm, m in finals.items()}}
 
@@ -371,9 +372,9 @@ def test_claim_two_verdicts_match_a_hand_computation():
 def test_report_states_the_computed_verdicts():
     text = claims_section([constructed_summary()])
     assert "**Verdict: holds in some scenarios** — the order holds in 2 of 3 scenarios (1 of them" in text
-    assert "| made_up | clear | non-IID | 90.0% | 80.0% | 70.0% | holds (beyond one std) |" in text
-    assert "| made_up | fails | non-IID | 90.0% | 65.0% | 70.0% | does not hold |" in text
-    assert "| made_up | noisy | IID | 80.5% | 80.0% | 79.5% | holds (within one std) |" in text
+    assert "| made_up | clear | non-IID | unknown | 90.0% | 80.0% | 70.0% | holds (beyond one std) |" in text
+    assert "| made_up | fails | non-IID | unknown | 90.0% | 65.0% | 70.0% | does not hold |" in text
+    assert "| made_up | noisy | IID | unknown | 80.5% | 80.0% | 79.5% | holds (within one std) |" in text
     assert "fedrolex 80.0%: falls short (-10.0 pts)" in text
     assert "heterofl 70.0%: reaches (-0.5 pts)" in text
     assert "it reaches or beats every baseline in 2 of 3 scenarios, and beats all of them beyond one std in 1" in text

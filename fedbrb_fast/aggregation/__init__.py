@@ -8,7 +8,7 @@ from .api import aggregate, aggregate_arrays
 from .backends import BACKENDS
 from .errors import AggregationError, AggregationOverflow
 from .portable import SlicedAxes, Update, tensor_layout
-from .rule import AggregationResult, AggregationRule, rule_for_method
+from .rule import AggregationResult, AggregationRule, own_update_share, rule_for_method
 from .sums import PartialSums
 from .updates import ClientBatch, ClientUpdate, as_updates
 from .validation import non_finite_tensors, validate_updates
@@ -31,6 +31,7 @@ __all__ = [
     "as_dense",
     "as_updates",
     "non_finite_tensors",
+    "own_update_share",
     "rule_for_method",
     "tensor_layout",
     "validate_updates",

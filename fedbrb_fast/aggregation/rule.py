@@ -47,6 +47,18 @@ class AggregationResult:
     backend: str = "reference"  # which backend computed it (what "auto" picked)
 
 
+def own_update_share(lam: float, num_tiles: int) -> float:
+    """The share of its own update a tile keeps under weighted broadcast with weight `lam`, when
+    each of a tensor's `num_tiles` positions is trained once with equal weights (docs/algorithm.md#aggregation):
+    `(1 - lam) / ((1 - lam) + lam * T)`; the rest is the broadcast mean. A hidden-to-hidden
+    weight at K blocks per axis has T = K^2 (K = 8, lam = 0.5: 1/65)."""
+    if not 0.0 <= lam <= 1.0:
+        raise AggregationError(f"lam must lie in [0, 1], got {lam}")
+    if num_tiles < 1:
+        raise AggregationError(f"num_tiles must be >= 1, got {num_tiles}")
+    return (1.0 - lam) / ((1.0 - lam) + lam * num_tiles)  # the denominator is >= 1 for T >= 1
+
+
 def rule_for_method(method: str, lam: float, num_blocks: int) -> AggregationRule:
     """FedBRB aggregates by weighted broadcast; every baseline by overlap averaging."""
     if method == "fedbrb":

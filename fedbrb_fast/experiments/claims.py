@@ -6,6 +6,10 @@
      in a scenario with several widths, the `smallest_only` arm against every sub-model baseline
      (fedrolex, heterofl, fd) run with the scenario's widths. Beats: higher mean; reaches: lower
      by at most the larger std. Holds iff it reaches or beats every baseline.
+
+Both are also counted over the scenarios with at least headroom.HEADROOM_MIN_POINTS of headroom
+(fedavg − fedavg_small), where the large model matters; a scenario without fedavg or fedavg_small
+has unknown headroom and is left out of that count.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
+
+from .headroom import has_headroom, headroom_points
 
 ORDERING = ("fedbrb", "fedrolex", "heterofl")
 # Sub-model methods that compete with FedBRB under the small-to-large constraint.
@@ -55,6 +61,7 @@ class Verdict:
     holds: bool
     clear: bool  # holds with every margin beyond one std
     pairs: tuple[Pair, ...]
+    headroom: float | None = None  # the scenario's fedavg − fedavg_small in points; None: unknown
 
 
 def pair(scenario: Mapping[str, Any], a: str, b: str) -> Pair | None:
@@ -81,7 +88,7 @@ def ordering_verdicts(summary: Mapping[str, Any], order: Sequence[str] = ORDERIN
         if len(pairs) < len(found):
             continue
         out.append(Verdict(summary["suite"], scenario["name"], is_non_iid(scenario), all(p.beats for p in pairs),
-                           all(p.clearly_beats for p in pairs), tuple(pairs)))
+                           all(p.clearly_beats for p in pairs), tuple(pairs), headroom_points(scenario)))
     return out
 
 
@@ -94,8 +101,18 @@ def smallest_only_verdicts(summary: Mapping[str, Any]) -> list[Verdict]:
         if not pairs:
             continue
         out.append(Verdict(summary["suite"], scenario["name"], is_non_iid(scenario), all(p.reaches for p in pairs),
-                           all(p.clearly_beats for p in pairs), tuple(pairs)))
+                           all(p.clearly_beats for p in pairs), tuple(pairs), headroom_points(scenario)))
     return out
+
+
+def with_headroom(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """The verdicts of scenarios with at least HEADROOM_MIN_POINTS of headroom."""
+    return [v for v in verdicts if has_headroom(v.headroom)]
+
+
+def unknown_headroom(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """The verdicts of scenarios without fedavg or fedavg_small: left out of the headroom count."""
+    return [v for v in verdicts if v.headroom is None]
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
+
+from ..aggregation.rule import own_update_share
 
 
 def pct(value: float | None) -> str:
@@ -32,10 +35,51 @@ def format_widths(widths: Sequence[float]) -> str:
     return "{" + ", ".join(one(w) for w in widths) + "}"
 
 
-def describe_method(method: Mapping[str, Any]) -> str:
-    """A FedBRB arm's lam and schedule in words; other methods by name."""
+def share(value: float) -> str:
+    """An own-update share: 1/65 where it is one over a whole number, else a percentage."""
+    if value in (0.0, 1.0):
+        return f"{value:g}"
+    frac = Fraction(value).limit_denominator(10**6)
+    if frac.numerator == 1 and abs(float(frac) - value) < 1e-12:
+        return f"1/{frac.denominator}"
+    return f"{100 * value:.3g}%"
+
+
+def own_shares(method: Mapping[str, Any], num_blocks: Iterable[int]) -> str:
+    """What a tile of a hidden-to-hidden weight (T = K^2 tiles) keeps of its own update under the
+    arm's lam, at each K (docs/algorithm.md#aggregation): "own-update share 1/65 at K=8"; a schedule's first→last."""
+    def at(k: int) -> str:
+        first = share(own_update_share(method["lam"], k * k))
+        if method["lam_schedule"] == "constant":
+            return first
+        return f"{first}→{share(own_update_share(method['lam_end'], k * k))}"
+    by_share: dict[str, list[int]] = {}
+    for k in sorted(set(num_blocks)):
+        by_share.setdefault(at(k), []).append(k)
+    return "own-update share " + ", ".join(f"{text} at K={', '.join(map(str, ks))}" for text, ks in by_share.items())
+
+
+def describe_method(method: Mapping[str, Any], num_blocks: Iterable[int] = ()) -> str:
+    """A FedBRB arm's lam (with its own-update share at each K of `num_blocks`) and schedule in
+    words; other methods by name."""
     if method["name"] != "fedbrb":
         return method["name"]
-    lam = f"lam={method['lam']:g}" if method["lam_schedule"] == "constant" else (
-        f"lam {method['lam']:g}→{method['lam_end']:g} ({method['lam_schedule']})")
+    ks = sorted(set(num_blocks))
+    if method["lam_schedule"] == "constant":
+        lam = f"lam={method['lam']:g}" + (f" ({own_shares(method, ks)})" if ks else "")
+    else:
+        lam = (f"lam {method['lam']:g}→{method['lam_end']:g} ({method['lam_schedule']}"
+               + (f"; {own_shares(method, ks)})" if ks else ")"))
     return f"fedbrb, {lam}, {method['schedule']}"
+
+
+def arm_num_blocks(summary: Mapping[str, Any], arm: str) -> list[int]:
+    """The K (blocks per axis) of every scenario in which the arm ran."""
+    return sorted({int(k) for s in summary["scenarios"]
+                   if arm in s["results"] and (k := s["setup"].get("num_blocks")) is not None})
+
+
+def describe_arm(summary: Mapping[str, Any], arm: str) -> str:
+    """describe_method for one of the suite's arms, with its own-update share at the suite's K."""
+    method = next(a["method"] for a in summary["arms"] if a["name"] == arm)
+    return describe_method(method, arm_num_blocks(summary, arm))

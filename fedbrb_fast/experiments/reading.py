@@ -9,9 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .claims import Pair, pair
-from .formatting import describe_method, pct, pts
-
-UPPER_BOUND, LOWER_BOUND = "fedavg", "fedavg_small"
+from .formatting import describe_arm, pct, pts
+from .headroom import HEADROOM_MIN_POINTS, LOWER_BOUND, UPPER_BOUND, has_headroom, headroom_points
 
 
 def _noise_word(p: Pair) -> str:
@@ -59,6 +58,12 @@ def bounds(summary: Mapping[str, Any]) -> list[str]:
         out.append(f"Against the lower bound {LOWER_BOUND} (everyone trains the small model): FedBRB is higher in "
                    f"{len(better)} of {len(low)} scenarios ({clear} beyond one std), mean difference "
                    f"{pts(_mean(p.diff for _, p in low))}.")
+        roomy = [p for s in summary["scenarios"] if has_headroom(headroom_points(s))
+                 and (p := pair(s, "fedbrb", LOWER_BOUND)) is not None]
+        if roomy:
+            out.append(f"In the {len(roomy)} scenarios with at least {HEADROOM_MIN_POINTS:g} pts of headroom, where "
+                       f"the large model matters, FedBRB is higher than {LOWER_BOUND} in {sum(p.beats for p in roomy)} "
+                       f"({sum(p.clearly_beats for p in roomy)} beyond one std).")
     high = _pairs(summary, "fedbrb", UPPER_BOUND)
     if high:
         gaps = [p.diff for _, p in high]
@@ -77,12 +82,11 @@ def lam_effect(summary: Mapping[str, Any]) -> list[str]:
                  if all(s["results"].get(a, {}).get("final_accuracy", {}).get("mean") is not None for _, a in arms)]
     if not scenarios:
         return []
-    methods = {a["name"]: a["method"] for a in summary["arms"]}
     means = {a: _mean(s["results"][a]["final_accuracy"]["mean"] for s in scenarios) for _, a in arms}
     best = {a: 0 for _, a in arms}
     for s in scenarios:
         best[max((a for _, a in arms), key=lambda a: s["results"][a]["final_accuracy"]["mean"])] += 1
-    listed = "; ".join(f"{a} ({describe_method(methods[a])}) {pct(means[a])}, best in {best[a]}" for _, a in arms)
+    listed = "; ".join(f"{a} ({describe_arm(summary, a)}) {pct(means[a])}, best in {best[a]}" for _, a in arms)
     out = [f"Effect of lam over the {len(scenarios)} scenarios where {', '.join(a for _, a in arms)} all ran "
            f"(mean final accuracy; scenarios where it is best): {listed}."]
     if "lam_zero" in roles:

@@ -1,5 +1,6 @@
 """docs/results.md, assembled from suites' summary.json files: tables, commands, machine and wall
-times, figures, the claims' verdicts and the honest reading. Nothing in it is written by hand."""
+times, headroom, convergence judgements, figures, the claims' verdicts and the honest reading.
+Nothing in it is written by hand."""
 
 from __future__ import annotations
 
@@ -19,9 +20,18 @@ from .claims import (
     overall,
     smallest_only_verdicts,
     tally,
+    unknown_headroom,
+    with_headroom,
 )
-from .formatting import describe_method, format_widths, mean_pm_std, pct, pts
-from .reading import UPPER_BOUND, honest_reading
+from .convergence import (
+    CONVERGENCE_TAIL_FRACTION,
+    DEFAULT_CONVERGENCE_RULE,
+    Convergence,
+    judge_scenario,
+)
+from .formatting import describe_arm, format_widths, mean_pm_std, pct, pts
+from .headroom import HEADROOM_MIN_POINTS, LOWER_BOUND, UPPER_BOUND, has_headroom, headroom_points
+from .reading import honest_reading
 from .summary import SUMMARY_VERSION, write_suite_plots
 
 
@@ -63,7 +73,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out: str | Path, *, comman
 def render(summaries: Sequence[Mapping[str, Any]], figures: Mapping[str, Mapping[str, str]], *, command: str) -> str:
     parts = [_intro(summaries, command), _provenance(summaries, command)]
     parts += [_suite_section(s, figures.get(s["suite"], {})) for s in summaries]
-    parts += [claims_section(summaries), _reading(summaries)]
+    parts += [headroom_section(summaries), claims_section(summaries), _reading(summaries)]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
 
 
@@ -90,17 +100,31 @@ def _provenance(summaries: Sequence[Mapping[str, Any]], command: str) -> str:
         notes = [f"{s[k]} {word}" for k, word in (("runs_shared", "shared"), ("runs_reused", "reused")) if s.get(k)]
         reused = f" ({', '.join(notes)})" if notes else ""
         rows.append(f"| {s['suite']} | {s['finished_at']} | {m['platform']}, {m['cpu_model']} | {m['cpu_count']} | "
-                    f"{m['torch']} ({m['torch_threads']}) | {s['runs']}{reused} | {_duration(s['wall_seconds'])} | "
-                    f"{_duration(s['run_seconds'])} |")
+                    f"{m['torch']} ({m['torch_threads']}) | {s['runs']}{reused} | {_duration(s.get('wall_seconds'))} | "
+                    f"{run_time(s)} |")
+    walls = [w for s in summaries if (w := s.get("wall_seconds")) is not None]
+    sums = [t for s in summaries if (t := s.get("run_seconds")) is not None]
+    rows.append(f"| all {len(summaries)} suites | | | | | {sum(s['runs'] for s in summaries)} | "
+                f"{_duration(sum(walls)) if walls else 'not recorded'} | "
+                f"{_duration(sum(sums)) if sums else 'not recorded'} |")
     return ("## How these results were produced\n\n```bash\n" + commands + "\n```\n\n" + "\n".join(rows) +
             "\n\nWall time is that of the invocation that wrote the summary (runs it reused from an earlier "
-            "invocation cost nothing then); the sum of run times adds up every run's rounds. A shared run is one "
-            "whose config differs from an earlier run's only in what its method ignores (fedavg: the client "
-            "widths), so it ran once.")
+            "invocation cost nothing then); the sum of run times adds up every run's rounds (the time each run "
+            "recorded; \"not recorded\" where a summary holds none). A shared run is one whose config differs from "
+            "an earlier run's only in what its method ignores (fedavg: the client widths), so it ran once.")
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def run_time(s: Mapping[str, Any]) -> str:
+    """The suite's run times added up, and how many runs recorded none (left out of the sum)."""
+    untimed = s.get("runs_untimed", 0)
+    note = f" ({untimed} runs not recorded)" if untimed and s.get("run_seconds") is not None else ""
+    return _duration(s.get("run_seconds")) + note
 
 
 def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
@@ -111,15 +135,19 @@ def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
              f"rounds, {first['local_epochs']} local epoch(s) of batch {first['batch_size']}, lr {first['lr']:g} "
              f"({first['lr_schedule']}), momentum {first['momentum']:g}, weight decay {first['weight_decay']:g}, "
              f"{first['engine']} engine, evaluated every {first['eval_every']} rounds; seeds {s['seeds']}.", "",
-             "| scenario | partition | client widths | proportions | K |", "|---|---|---|---|---:|"]
+             f"Wall time: {_duration(s.get('wall_seconds'))} for the invocation that wrote the summary; "
+             f"{run_time(s)} summed over its {s['runs'] - s.get('runs_shared', 0)} computed runs.", "",
+             f"| scenario | partition | client widths | proportions | K | headroom ({UPPER_BOUND} − {LOWER_BOUND}) |",
+             "|---|---|---|---|---:|---:|"]
     for sc in s["scenarios"]:
         st = sc["setup"]
         props = ":".join(f"{p:g}" for p in st["proportions"]) if st["proportions"] else "equal"
         lines.append(f"| {sc['name']} | {st['partition_label']} | {format_widths(st['widths'])} | {props} | "
-                     f"{st['num_blocks']} |")
+                     f"{st['num_blocks']} | {_headroom_cell(headroom_points(sc))} |")
     lines += ["", f"Final test accuracy (%), mean ± std over seeds; **bold**: best arm per scenario other than the "
-                  f"{UPPER_BOUND} upper bound; (= S): the same runs as in scenario S (shared, see above); s/run: mean "
-                  "seconds per run.", "", results_table(s), "", _arm_legend(s)]
+                  f"{UPPER_BOUND} upper bound; (= S): the same runs as in scenario S (shared, see above); †: the "
+                  "curve had not flattened (see Convergence below); s/run: mean seconds per run; last row: the "
+                  "scenario's headroom.", "", results_table(s), "", _arm_legend(s), "", convergence_section(s)]
     for sc in s["scenarios"]:
         if sc["name"] in figures:
             lines += ["", f"![{s['suite']} {sc['name']}: accuracy vs round]({figures[sc['name']]})"]
@@ -153,8 +181,15 @@ def _one_line(text: str) -> str:
     return text.replace("\n", " ¶ ")
 
 
+def _headroom_cell(points: float | None) -> str:
+    return "unknown" if points is None else f"{points:+.1f} pts"
+
+
 def results_table(s: Mapping[str, Any]) -> str:
+    """Final accuracy per arm (rows) and scenario (columns), † where the arm's curve had not
+    flattened, and a last row with each scenario's headroom."""
     names = [sc["name"] for sc in s["scenarios"]]
+    judged = {sc["name"]: judge_scenario(sc) for sc in s["scenarios"]}
     header = "| arm | " + " | ".join(names) + " | s/run |\n|---|" + "---:|" * (len(names) + 1)
     best = {}
     for sc in s["scenarios"]:
@@ -169,6 +204,9 @@ def results_table(s: Mapping[str, Any]) -> str:
             result = sc["results"].get(arm["name"])
             cell = mean_pm_std(result["final_accuracy"] if result else None)
             cell = f"**{cell}**" if arm["name"] in best[sc["name"]] else cell
+            verdict = judged[sc["name"]].get(arm["name"])
+            if verdict is not None and verdict.known and not verdict.flattened:
+                cell += " †"
             if result and result.get("shared_from"):
                 cell += f" (= {', '.join(result['shared_from'])})"
             elif result:
@@ -176,6 +214,8 @@ def results_table(s: Mapping[str, Any]) -> str:
             cells.append(cell)
         per_run = f"{sum(seconds) / len(seconds):.1f}" if seconds else "—"
         rows.append(f"| {arm['name']} | " + " | ".join(cells) + f" | {per_run} |")
+    rows.append(f"| headroom ({UPPER_BOUND} − {LOWER_BOUND}) | "
+                + " | ".join(_headroom_cell(headroom_points(sc)) for sc in s["scenarios"]) + " | |")
     return "\n".join(rows)
 
 
@@ -188,11 +228,77 @@ def _arm_legend(s: Mapping[str, Any]) -> str:
     for a in variants:
         where = f", only in {', '.join(a['scenarios'])}" if a["scenarios"] else ""
         role = f" [{roles[a['name']]}]" if a["name"] in roles else ""
-        lines.append(f"- `{a['name']}`{role}: {describe_method(a['method'])}; `{' '.join(a['set'])}`{where}")
-    methods = [a for a in s["arms"] if a["kind"] == "method" and a["name"] == "fedbrb"]
-    if methods:
-        lines.append(f"- `fedbrb` (the method row): {describe_method(methods[0]['method'])}")
+        lines.append(f"- `{a['name']}`{role}: {describe_arm(s, a['name'])}; `{' '.join(a['set'])}`{where}")
+    if any(a["kind"] == "method" and a["name"] == "fedbrb" for a in s["arms"]):
+        lines.append(f"- `fedbrb` (the method row): {describe_arm(s, 'fedbrb')}")
+    lines += ["", "Own-update share (docs/algorithm.md#aggregation): what a tile of a hidden-to-hidden weight "
+                  "(K x K tiles) keeps of its own update under weighted broadcast with weight lam, when every tile is "
+                  "trained once with equal weights: (1 − lam) / ((1 − lam) + lam·K²); the rest is the mean over all "
+                  "tiles."]
     return "\n".join(lines)
+
+
+def convergence_section(s: Mapping[str, Any]) -> str:
+    """The suite's stated rule, and per scenario the arms whose curves had not flattened by it."""
+    stated = s.get("convergence")
+    if stated is None:
+        rule = (f"The suite states no rule (its summary predates the field); judged by the default: "
+                f"{DEFAULT_CONVERGENCE_RULE}.")
+    elif stated.strip() == DEFAULT_CONVERGENCE_RULE:
+        rule = f"Rule: {DEFAULT_CONVERGENCE_RULE}."
+    else:
+        rule = (f"The suite states: \"{stated.strip()}\". Judged here from the recorded curves by: "
+                f"{DEFAULT_CONVERGENCE_RULE}.")
+    tail = f"{100 * CONVERGENCE_TAIL_FRACTION:g}%"
+    lines = ["**Convergence.** " + rule, "",
+             f"| scenario | rounds compared | flattened | not flattened (change of the mean over the last {tail} of "
+             "rounds) |", "|---|---|---:|---|"]
+    order = [a["name"] for a in s["arms"]]
+    for sc in s["scenarios"]:
+        judged = dict(sorted(judge_scenario(sc).items(), key=lambda item: order.index(item[0])))  # the table's order
+        known = {arm: c for arm, c in judged.items() if c.known}
+        windows = [_window(c) for c in known.values()]
+        usual = max(windows, key=windows.count) if windows else "—"
+        rising = [f"{arm} {c.change_points:+.1f} pts" + (f" ({_window(c)})" if _window(c) != usual else "")
+                  for arm, c in known.items() if not c.flattened]
+        unknown = [arm for arm, c in judged.items() if not c.known]
+        cell = ", ".join(rising) if rising else "none"
+        if unknown:
+            cell += f"; too few evaluations to judge: {', '.join(unknown)}"
+        lines.append(f"| {sc['name']} | {usual} | {sum(c.flattened for c in known.values())} of {len(known)} | "
+                     f"{cell} |")
+    return "\n".join(lines)
+
+
+def _window(c: Convergence) -> str:
+    return f"{c.from_round}→{c.to_round}"
+
+
+def headroom_section(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """Every scenario's headroom, and which count toward the headroom claims."""
+    rows = [f"| suite | scenario | partition | client widths | {UPPER_BOUND} | {LOWER_BOUND} | headroom | "
+            f"≥ {HEADROOM_MIN_POINTS:g} pts |", "|---|---|---|---|---:|---:|---:|---|"]
+    points = []
+    for s in summaries:
+        for sc in s["scenarios"]:
+            p = headroom_points(sc)
+            points.append(p)
+            means = [mean_pm_std(r["final_accuracy"]) if (r := sc["results"].get(a)) else "—"
+                     for a in (UPPER_BOUND, LOWER_BOUND)]
+            counts = "unknown" if p is None else ("yes" if has_headroom(p) else "no")
+            rows.append(f"| {s['suite']} | {sc['name']} | {sc['setup']['partition_label']} | "
+                        f"{format_widths(sc['setup']['widths'])} | {means[0]} | {means[1]} | {_headroom_cell(p)} | "
+                        f"{counts} |")
+    unknown = sum(p is None for p in points)
+    return "\n".join([
+        "## Headroom: where the large model matters", "",
+        f"Headroom is {UPPER_BOUND} − {LOWER_BOUND}, final mean accuracy in percentage points: what the large "
+        "global model gains over everyone training the small one. Where it is small, no small-to-large method has "
+        f"much to gain, so the claims below are also counted over the scenarios with at least "
+        f"{HEADROOM_MIN_POINTS:g} pts of headroom. A scenario without {UPPER_BOUND} or {LOWER_BOUND} has unknown "
+        "headroom and is left out of those counts.", "",
+        f"{sum(has_headroom(p) for p in points)} of {len(points)} scenarios have at least {HEADROOM_MIN_POINTS:g} "
+        f"pts of headroom" + (f"; {unknown} unknown." if unknown else "."), "", *rows])
 
 
 def claims_section(summaries: Sequence[Mapping[str, Any]]) -> str:
@@ -207,6 +313,22 @@ def _verdict_word(v: Verdict, ok: str = "holds") -> str:
     return f"{ok} (beyond one std)" if v.clear else f"{ok} (within one std)"
 
 
+def _headroom_count(verdicts: Sequence[Verdict]) -> str:
+    """The claim over the scenarios with enough headroom, beside the all-scenario count."""
+    subset = with_headroom(verdicts)
+    if not subset:
+        text = f"no scenario with at least {HEADROOM_MIN_POINTS:g} pts of headroom tested it"
+    else:
+        t = tally(subset)
+        text = (f"**over the scenarios with at least {HEADROOM_MIN_POINTS:g} pts of headroom: {overall(subset)}** — "
+                f"holds in {t.holds} of {t.scenarios} headroom scenarios ({t.clear} beyond one std)")
+    unknown = unknown_headroom(verdicts)
+    if unknown:
+        text += (f"; {len(unknown)} scenario(s) have unknown headroom ({UPPER_BOUND} or {LOWER_BOUND} missing) and "
+                 "are left out of that count: " + ", ".join(f"{v.suite}/{v.scenario}" for v in unknown))
+    return text + "."
+
+
 def _claim_one(verdicts: Sequence[Verdict]) -> str:
     title = "### (i) FedBRB > FedRolex > HeteroFL in small-to-large, especially non-IID"
     if not verdicts:
@@ -216,17 +338,18 @@ def _claim_one(verdicts: Sequence[Verdict]) -> str:
     split = "; ".join(f"{label}: {held} of {total}" for label, held, total in
                       (("non-IID", t.non_iid_holds, t.non_iid), ("IID", t.iid_holds, t.iid)) if total)
     lines = [title, "", f"**Verdict: {overall(verdicts)}** — the order holds in {t.holds} of {t.scenarios} scenarios "
-             f"({t.clear} of them with every step beyond one std); {split}."]
+             f"({t.clear} of them with every step beyond one std); {split}; {_headroom_count(verdicts)}"]
     if non_iid is not None and iid is not None:
         larger = "larger" if non_iid > iid else "not larger"
         lines.append(f"Mean margin fedbrb − fedrolex: non-IID {pts(non_iid)}, IID {pts(iid)}: the non-IID margin is "
                      f"{larger}, so \"especially non-IID\" is {'supported' if non_iid > iid else 'not supported'}.")
-    lines += ["", "| suite | scenario | partition | " + " | ".join(ORDERING) + " | verdict |",
-              "|---|---|---|" + "---:|" * len(ORDERING) + "---|"]
+    lines += ["", "| suite | scenario | partition | headroom | " + " | ".join(ORDERING) + " | verdict |",
+              "|---|---|---|---:|" + "---:|" * len(ORDERING) + "---|"]
     for v in verdicts:
         means = [v.pairs[0].mean_a] + [p.mean_b for p in v.pairs]
         lines.append(f"| {v.suite} | {v.scenario} | {'non-IID' if v.non_iid else 'IID'} | "
-                     + " | ".join(pct(m) for m in means) + f" | {_verdict_word(v)} |")
+                     f"{_headroom_cell(v.headroom)} | " + " | ".join(pct(m) for m in means)
+                     + f" | {_verdict_word(v)} |")
     return "\n".join(lines)
 
 
@@ -239,12 +362,14 @@ def _claim_two(verdicts: Sequence[Verdict]) -> str:
              "given the scenario's mix of larger widths (same data and budget). Reaches: at most one std below; "
              "beats: higher.",
              "", f"**Verdict: {overall(verdicts)}** — it reaches or beats every baseline in {t.holds} of "
-             f"{t.scenarios} scenarios, and beats all of them beyond one std in {t.clear}.", "",
-             "| suite | scenario | smallest-only FedBRB | against each baseline | verdict |", "|---|---|---:|---|---|"]
+             f"{t.scenarios} scenarios, and beats all of them beyond one std in {t.clear}; "
+             f"{_headroom_count(verdicts)}", "",
+             "| suite | scenario | headroom | smallest-only FedBRB | against each baseline | verdict |",
+             "|---|---|---:|---:|---|---|"]
     for v in verdicts:
         against = "; ".join(f"{p.b} {pct(p.mean_b)}: {_pair_word(p)}" for p in v.pairs)
-        lines.append(f"| {v.suite} | {v.scenario} | {pct(v.pairs[0].mean_a)} | {against} | "
-                     f"{_verdict_word(v)} |")
+        lines.append(f"| {v.suite} | {v.scenario} | {_headroom_cell(v.headroom)} | {pct(v.pairs[0].mean_a)} | "
+                     f"{against} | {_verdict_word(v)} |")
     return "\n".join(lines)
 
 

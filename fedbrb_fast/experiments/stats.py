@@ -37,6 +37,6 @@ def arm_result(summaries: Sequence[Mapping[str, Any]],
     return {
         "final_accuracy": mean_std([s.get("final_accuracy") for s in summaries]),
         "best_accuracy": mean_std([s.get("best_accuracy") for s in summaries]),
-        "seconds": mean_std([s.get("seconds", {}).get("total", 0.0) for s in summaries]),
+        "seconds": mean_std([s.get("seconds", {}).get("total") for s in summaries]),  # unrecorded: missing
         "curve": mean_curve(histories),
     }

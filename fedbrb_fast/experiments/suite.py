@@ -4,6 +4,8 @@ seeds; `expand_runs` turns it into validated run configs before anything runs.
 A suite file:
 
     name, description, seeds = [0, 1, 2], methods = [...], coverage_scenario = "..."
+    convergence = "..."  how the suite judges that the curves flattened (optional; the report prints
+                         it beside the judgement it computes, convergence.DEFAULT_CONVERGENCE_RULE)
     [base]           a full experiment config (the schema of fedbrb_fast/configs/default.toml)
     [[scenarios]]    name, set = ["key=value", ...]   overrides on top of base
     [[variants]]     name, set = [...], scenarios = [...] (optional: where it runs; default all)
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict
 from ..methods import METHODS, Method
+from .convergence import DEFAULT_CONVERGENCE_RULE
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names become folder names
 Name = Annotated[str, Field(pattern=SAFE_NAME, max_length=80)]
@@ -70,6 +73,8 @@ class SuiteFile(_Entry):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     methods: list[Method] = Field(min_length=1)
     coverage_scenario: str | None = None
+    convergence: str = Field(DEFAULT_CONVERGENCE_RULE, min_length=1,
+                             description="how the suite judges that the accuracy curves flattened")
     base: dict[str, Any]
     scenarios: list[ScenarioEntry] = Field(min_length=1)
     variants: list[VariantEntry] = Field(default_factory=list)
@@ -130,6 +135,7 @@ class Suite:
     coverage_scenario: str
     base: dict[str, Any]
     quick: QuickEntry
+    convergence: str = DEFAULT_CONVERGENCE_RULE
 
     def seeds_for(self, quick: bool) -> tuple[int, ...]:
         return tuple(self.quick.seeds or self.seeds[:1]) if quick else self.seeds
@@ -173,7 +179,8 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(name=spec.name, description=spec.description, source=path, seeds=tuple(spec.seeds),
                  scenarios=tuple(spec.scenarios), arms=arms,
                  roles={k: v for k, v in spec.roles.model_dump().items() if v is not None},
-                 coverage_scenario=spec.coverage_scenario or spec.scenarios[0].name, base=spec.base, quick=spec.quick)
+                 coverage_scenario=spec.coverage_scenario or spec.scenarios[0].name, base=spec.base, quick=spec.quick,
+                 convergence=spec.convergence)
 
 
 def _problems(exc: ValidationError) -> list[str]:

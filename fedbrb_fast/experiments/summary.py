@@ -81,7 +81,7 @@ def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, 
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "wall_seconds": wall_seconds,
-        "run_seconds": sum(o.summary.get("seconds", {}).get("total", 0.0) for o in outcomes if o.shared_with is None),
+        **run_seconds(outcomes),
         "runs": len(outcomes),
         "runs_reused": sum(o.reused and o.shared_with is None for o in outcomes),
         "runs_shared": sum(o.shared_with is not None for o in outcomes),
@@ -90,10 +90,20 @@ def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, 
                   "scenarios": list(a.scenarios) if a.scenarios else None, "method": _method_of(a.name, outcomes)}
                  for a in suite.arms],
         "roles": dict(suite.roles),
+        "convergence": suite.convergence,
         "scenarios": scenarios,
         "coverage": coverage_summary(suite, outcomes),
         **({"samples": samples} if (samples := continuation_samples(suite, outcomes)) is not None else {}),
     }
+
+
+def run_seconds(outcomes: Sequence[RunOutcome]) -> dict[str, Any]:
+    """The wall time of the suite's runs added up (each computed once: shared runs count once), and
+    how many runs recorded none (a run summary without `seconds.total`): those are left out of the
+    sum, never counted as zero; None when no run recorded one."""
+    own = [o.summary.get("seconds", {}).get("total") for o in outcomes if o.shared_with is None]
+    timed = [t for t in own if t is not None]
+    return {"run_seconds": sum(timed) if timed else None, "runs_untimed": len(own) - len(timed)}
 
 
 def _method_of(arm: str, outcomes: Sequence[RunOutcome]) -> dict[str, Any]:
