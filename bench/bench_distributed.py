@@ -8,7 +8,7 @@ Settings, each in fresh processes with its thread count fixed (torch, OpenMP, nu
   1 proc x 2 threads   the batched engine: the baseline every ratio is against (same run)
   1 proc x 1 thread    the batched engine on one core: what each rank has
   2 procs x 1 thread   the distributed engine, launched with torchrun (gloo)
-Workloads: the embedded default config (MNIST-5k, MLP 784-[256, 256]-10 with static BN, 20
+Workloads: BASE (MNIST-5k, MLP 784-[256, 256]-10 with static BN, 20
 clients per round at width 1/8) and two heavier variants of it: mlp-wide (MLP 784-[1024, 1024]-10
 with GroupNorm, widths 1/8, 1/4, 1/2, 40 clients per round) and cnn (HeteroFL CNN [32, 64, 128, 256]
 with static BN, widths 1/4, 1/2). Every round is timed whole (plan, train, aggregate, evaluate),
@@ -33,12 +33,18 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Workload:
-    overrides: tuple[str, ...]  # on the embedded default config
+    overrides: tuple[str, ...]  # on BASE
     rounds: int  # timed rounds per measurement
 
 
+# The workloads' common settings, on the embedded default config: MNIST-5k, 2 label shards per
+# client, MLP 784-[256, 256]-10 with static BN, 20 clients per round, evaluation every round (the
+# embedded default of the figures in docs/distributed.md).
+BASE = ("data.dataset='mnist5k'", "data.partition='shards'", "data.shards_per_client=2", "model.norm='bn'",
+        "clients.per_round=20", "train.lr=0.02", "train.lr_schedule='constant'", "train.lr_milestones=[]",
+        "eval.every=1")
 WORKLOADS = {
-    "mlp": Workload(overrides=(), rounds=40),
+    "mlp": Workload(overrides=(), rounds=40),  # BASE itself
     "mlp-wide": Workload(overrides=("model.hidden=[1024, 1024]", "model.norm='gn'",
                                     'clients.widths=["1/8", "1/4", "1/2"]', "clients.per_round=40"), rounds=16),
     "cnn": Workload(overrides=("model.arch='cnn'", "model.hidden=[32, 64, 128, 256]",
@@ -58,7 +64,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     engine = "distributed" if args.procs > 1 else "batched"
-    cfg = load_config(None, [*WORKLOADS[args.workload].overrides, f"train.engine='{engine}'",
+    cfg = load_config(None, [*BASE, *WORKLOADS[args.workload].overrides, f"train.engine='{engine}'",
                              f"rounds={WARMUP + args.rounds}"])
     sim = Simulation(cfg)
     for _ in range(WARMUP):

@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ConfigArg = Annotated[Path | None, typer.Argument(help="TOML config; the embedded default when left out")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field, e.g. --set train.lr=0.1")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="on an error, print the traceback as well")]
-DEFAULT_METHODS = "fedbrb,fedrolex,heterofl,fd,fedavg_small"
+DEFAULT_METHODS = "fedbrb,fedrolex,heterofl,fd,fedavg_small,fedavg"
 
 BAD_INPUT = (ConfigError, CheckpointError, OutputDirError, DataError, ReportError, MissingExtraError)
 RUN_FAILURES = (RunWriteFailed, DistributedError)

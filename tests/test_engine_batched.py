@@ -322,6 +322,7 @@ def test_implicit_path_matches_reference_end_to_end(method, sizes):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="trains on the CPU, where the Triton kernels run only under TRITON_INTERPRET=1 (set by "
                            "conftest where there is no GPU)")
+@pytest.mark.slow  # about a second each under the interpreter
 @pytest.mark.parametrize("norm", ["none", "bn"])
 def test_triton_linear_backend_matches_torch_path(norm):
     """The grouped GEMM kernels (interpreted on CPU) behind the batched engine's linear layers."""

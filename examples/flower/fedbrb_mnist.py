@@ -40,11 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MNIST_SCENARIO = ("data.dataset='mnist5k'", "data.partition='shards'", "data.shards_per_client=2",
+                  "model.norm='bn'", "train.lr=0.02", "train.lr_schedule='constant'", "train.lr_milestones=[]",
+                  "eval.every=1")
+
+
 def experiment_config(args: argparse.Namespace):
-    """The project's default scenario (MNIST-5k, 2 label shards per client, static-BN MLP),
-    resized to the simulated nodes; validated before anything starts. `fedbrb-fast run` on this
+    """MNIST-5k, 2 label shards per client, a static-BN MLP, on the embedded default config,
+    sized to the simulated nodes; validated before anything starts. `fedbrb-fast run` on this
     config computes the same rounds."""
-    return load_config(None, [f"clients.num_clients={args.nodes}", f"clients.per_round={args.per_round}",
+    return load_config(None, [*MNIST_SCENARIO, f"clients.num_clients={args.nodes}", f"clients.per_round={args.per_round}",
                               f'clients.widths=["{args.width}"]', f'method.name="{args.method}"',
                               f"seed={args.seed}", f"rounds={args.rounds}"])
 

