@@ -118,7 +118,8 @@ def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     forward: list[Any] = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr] + [i64] * 5 + [f32]
-    backward: list[Any] = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr] + [i64] * 5 + [f32]
+    backward: list[Any] = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr]
+    backward += [i64] * 5 + [f32]
     lib.fedbrb_attention_forward.argtypes, lib.fedbrb_attention_backward.argtypes = forward, backward
     lib.fedbrb_attention_forward.restype = lib.fedbrb_attention_backward.restype = ctypes.c_int
     lib.fedbrb_attention_lanes.argtypes, lib.fedbrb_attention_lanes.restype = [], ctypes.c_int

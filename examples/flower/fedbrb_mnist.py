@@ -49,9 +49,9 @@ def experiment_config(args: argparse.Namespace):
     """MNIST-5k, 2 label shards per client, a static-BN MLP, on the embedded default config,
     sized to the simulated nodes; validated before anything starts. `fedbrb-fast run` on this
     config computes the same rounds."""
-    return load_config(None, [*MNIST_SCENARIO, f"clients.num_clients={args.nodes}", f"clients.per_round={args.per_round}",
-                              f'clients.widths=["{args.width}"]', f'method.name="{args.method}"',
-                              f"seed={args.seed}", f"rounds={args.rounds}"])
+    return load_config(None, [*MNIST_SCENARIO, f"clients.num_clients={args.nodes}",
+                              f"clients.per_round={args.per_round}", f'clients.widths=["{args.width}"]',
+                              f'method.name="{args.method}"', f"seed={args.seed}", f"rounds={args.rounds}"])
 
 
 def main(argv: list[str] | None = None) -> dict:
