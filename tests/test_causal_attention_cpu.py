@@ -26,6 +26,20 @@ def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> Iterator
         fn.cache_clear()
 
 
+@pytest.fixture
+def lanes_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The head dimension of every call that reaches the lanes kernel (which still computes)."""
+    calls: list[int] = []
+    real = ca.causal_attention_lanes
+
+    def counting(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls.append(q.shape[-1])
+        return real(q, k, v)
+
+    monkeypatch.setattr(ca, "causal_attention_lanes", counting)
+    return calls
+
+
 def qkv_views(s: int, length: int, heads: int, dim: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
     """q, k, v as the Transformer makes them: [S, L, H, D] views of projections (leaf tensors)."""
     g = torch.Generator().manual_seed(seed)
@@ -81,20 +95,12 @@ def test_lanes_results_do_not_depend_on_thread_count() -> None:
 
 
 @needs_lanes
-def test_dispatch_uses_lanes_only_where_they_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    real = ca.causal_attention_lanes
-
-    def counting(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        calls.append(q.shape[-1])
-        return real(q, k, v)
-
-    monkeypatch.setattr(ca, "causal_attention_lanes", counting)
+def test_dispatch_uses_lanes_only_where_they_apply(lanes_calls: list[int]) -> None:
     for dtype, dim in ((torch.float32, 4), (torch.float64, 4), (torch.float32, 16), (torch.bfloat16, 8)):
         q, k, v = (torch.randn(2, 6, 3, dim, dtype=dtype) for _ in range(3))
         torch.testing.assert_close(ca.causal_attention(q, k, v), ca.causal_attention_reference(q, k, v),
                                    rtol=1e-2 if dtype == torch.bfloat16 else 2e-5, atol=2e-5)
-    assert calls == [4]
+    assert lanes_calls == [4]
 
 
 def test_env_switch_selects_the_reference(fresh_library: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,19 +153,11 @@ def test_lanes_reject_bad_input(shapes: tuple[tuple[int, ...], ...], dtype: torc
 
 
 @needs_lanes
-def test_stacked_transformer_on_lanes_equals_each_clients_functional_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stacked_transformer_on_lanes_equals_each_clients_functional_forward(lanes_calls: list[int]) -> None:
     """The stacked forward at head dimension 4 (float32, so on the lanes kernel) against the
     per-client functional forward (written-out attention), outputs and parameter gradients."""
     from fedbrb_fast.models import Transformer
 
-    used: list[int] = []
-    real = ca.causal_attention_lanes
-
-    def counting(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        used.append(q.shape[-1])
-        return real(q, k, v)
-
-    monkeypatch.setattr(ca, "causal_attention_lanes", counting)
     model = Transformer(11, context=12, dim=16, heads=4, mlp=24, layers=2)
     g = torch.Generator().manual_seed(5)
     n = 3
@@ -168,7 +166,7 @@ def test_stacked_transformer_on_lanes_equals_each_clients_functional_forward(mon
     x = torch.randint(0, 11, (n, 2, 12), generator=g)
     logits = model.forward_stacked(stacked, x, torch.ones(n, 2, dtype=torch.bool))
     grads = torch.autograd.grad(logits.square().sum(), list(stacked.values()))
-    assert used, "the stacked forward did not reach the lanes kernel"
+    assert lanes_calls, "the stacked forward did not reach the lanes kernel"
     for i, params in enumerate(clients):
         own = {k: v.clone().requires_grad_() for k, v in params.items()}
         want = model.forward(own, x[i])
