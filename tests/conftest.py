@@ -1,5 +1,6 @@
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,22 @@ def float64() -> Iterator[None]:
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def fresh_cpu_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """An empty compiled-kernel cache (yielded) and no memoized library, restored afterwards."""
+    from fedbrb_fast.kernels import bias_gelu_cpu, causal_attention_cpu, cpu_library, layer_norm_cpu
+
+    memoized = (cpu_library.load, cpu_library.unavailable, cpu_library.warn_fallback, causal_attention_cpu._library,
+                causal_attention_cpu.lanes_unavailable, layer_norm_cpu._library, bias_gelu_cpu._library)
+    monkeypatch.setenv("FEDBRB_FAST_CACHE", str(tmp_path))
+    for fn in memoized:
+        fn.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    for fn in memoized:
+        fn.cache_clear()
 
 
 @pytest.fixture

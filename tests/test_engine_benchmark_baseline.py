@@ -136,19 +136,24 @@ def test_merge_replaces_only_the_entries_measured_again():
 
 
 @pytest.mark.slow  # measures the machine's peak twice (a few seconds)
-def test_attention_benchmark_times_lanes_where_they_exist_and_writes_json(tmp_path):
-    from bench_attention import main
+def test_cpu_kernel_benchmark_times_each_kernel_against_its_reference_and_writes_json(tmp_path):
+    from bench_cpu_kernels import main
 
-    from fedbrb_fast.kernels.causal_attention_cpu import HEAD_DIMS, lanes_unavailable
+    from fedbrb_fast.kernels import cpu_library
+    from fedbrb_fast.kernels.causal_attention_cpu import HEAD_DIMS
 
-    if lanes_unavailable() is not None:
-        pytest.skip(f"lanes kernel unavailable: {lanes_unavailable()}")
-    out = tmp_path / "attention.json"
+    if any(cpu_library.unavailable(s) for s in ("causal_attention_cpu.cpp", "layer_norm_cpu.cpp", "bias_gelu_cpu.cpp")):
+        pytest.skip("compiled CPU kernels unavailable")
+    out = tmp_path / "cpu_kernels.json"
     result = main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
-    assert {(r["shape"][-1], r["pass"]) for r in saved["rows"]} == {
-        (d, p) for d in (2, 4, 8, 16) for p in ("forward", "forward+backward")}
+    passes = ("forward", "forward+backward")
+    assert {(r["shape"][-1] // 9, r["pass"]) for r in saved["rows"] if r["kernel"] == "attention"} == {
+        (d, p) for d in (2, 4, 8, 16) for p in passes}
+    assert {(r["kernel"], r["pass"]) for r in saved["rows"]} == {
+        (k, p) for k in ("attention", "layer_norm", "bias_gelu") for p in passes}
     for row in saved["rows"]:
-        assert ("lanes_vs_sdpa" in row) == (row["shape"][-1] in HEAD_DIMS)
-        assert row["sdpa_best_s"] > 0 and "drift" in saved["noise"]
+        lanes = row["kernel"] != "attention" or row["shape"][-1] // 9 in HEAD_DIMS
+        assert ("kernel_vs_reference" in row) == lanes
+        assert row["reference_best_s"] > 0 and "drift" in saved["noise"]

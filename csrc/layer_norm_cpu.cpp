@@ -1,0 +1,47 @@
+// LayerNorm without affine over the rows of a contiguous [R, C] float32 tensor
+// (kernels/layer_norm_cpu.py). At the Transformer's widths a row holds 16-64 floats, and torch's
+// kernel spends more on its per-row set-up than on the row; here a row is a few vector operations.
+// The backward takes the forward's output y (the next GEMM saves it anyway) and 1 / std per row:
+// dx = rstd * (dy - mean(dy) - y * mean(dy * y)).
+#include <cmath>
+#include <cstdint>
+
+extern "C" {
+void fedbrb_layer_norm_forward(const float *x, float *y, float *rstd, int64_t rows, int64_t C, float eps,
+                               int64_t threads) {
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * C;
+        float *yr = y + r * C;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < C; c++) sum += xr[c];
+        const float mean = sum / float(C);
+        float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t c = 0; c < C; c++) sq += (xr[c] - mean) * (xr[c] - mean);
+        const float inv = 1.0f / std::sqrt(sq / float(C) + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * inv;
+        rstd[r] = inv;
+    }
+}
+
+void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows,
+                                int64_t C, int64_t threads) {
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *yr = y + r * C, *gr = dy + r * C;
+        float *out = dx + r * C;
+        float g = 0.0f, gy = 0.0f;
+#pragma omp simd reduction(+ : g, gy)
+        for (int64_t c = 0; c < C; c++) {
+            g += gr[c];
+            gy += gr[c] * yr[c];
+        }
+        const float mg = g / float(C), mgy = gy / float(C), inv = rstd[r];
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) out[c] = inv * (gr[c] - mg - yr[c] * mgy);
+    }
+}
+}

@@ -1,0 +1,110 @@
+// W-wide float vectors for the compiled CPU kernels (GCC/Clang vector extensions: the compiler
+// maps them to AVX-512, pairs of AVX2 registers or NEON, whatever -march=native offers).
+#pragma once
+#include <cstdint>
+#include <climits>
+#include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace fedbrb {
+constexpr int W = 16;
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+
+inline vf splat(float x) { return vf{} + x; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+inline vf load(const float *p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+// The first n < W floats at p, the other lanes zero (a row's tail).
+inline vf load_tail(const float *p, int64_t n) {
+    float lanes[W] = {};
+    std::memcpy(lanes, p, n * sizeof(float));
+    return load(lanes);
+}
+inline void store_tail(float *p, vf v, int64_t n) {
+    float lanes[W];
+    store(lanes, v);
+    std::memcpy(p, lanes, n * sizeof(float));
+}
+
+inline vf vsqrt(vf x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_sqrt_ps((__m512)x);
+#else
+    float lanes[W];
+    store(lanes, x);
+    for (int t = 0; t < W; t++) lanes[t] = __builtin_sqrtf(lanes[t]);
+    return load(lanes);
+#endif
+}
+
+inline bool all_at_most(vf x, float bound) {
+    float lanes[W];
+    store(lanes, x);
+    for (int t = 0; t < W; t++)
+        if (!(lanes[t] <= bound)) return false;
+    return true;
+}
+
+// 1 / x: AVX-512's 14-bit estimate and one Newton step (~1 ulp) where it exists, else a division
+// (a vector division costs about as much as the rest of a GELU).
+inline vf vrcp(vf x) {
+#if defined(__AVX512F__)
+    const vf r = (vf)_mm512_rcp14_ps((__m512)x);
+    return r * (2.0f - x * r);
+#else
+    return 1.0f / x;
+#endif
+}
+
+// exp(x) in vector arithmetic (a libm call per lane would not vectorize), x clamped to [-80, 80]
+// (e^-80 ~ 2e-35): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial
+// (relative error < 3e-7), 2^n written into the exponent bits. vexp_n takes N vectors stage by
+// stage: one exponential is a chain of dependent operations, and N independent chains side by
+// side keep the vector units busy where the processor would not look far enough ahead.
+template <int N>
+inline void vexp_n(vf *x) {
+    vi n[N];
+    vf r[N], p[N];
+    for (int u = 0; u < N; u++) {
+        x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
+        n[u] = __builtin_convertvector(x[u] * 1.44269504088896341f + 128.5f, vi) - 128;  // round(x / ln2)
+    }
+    for (int u = 0; u < N; u++) r[u] = x[u] - __builtin_convertvector(n[u], vf) * 0.693147180559945309f;
+    for (int u = 0; u < N; u++) p[u] = 1.98412698e-4f * r[u] + 1.38888889e-3f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 8.33333333e-3f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 4.16666667e-2f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.66666667e-1f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 0.5f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.0f;
+    for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.0f;
+    for (int u = 0; u < N; u++) x[u] = p[u] * (vf)((n[u] + 127) << 23);
+}
+
+inline vf vexp(vf x) {
+    vexp_n<1>(&x);
+    return x;
+}
+
+// log(x) for normal x > 0 (Cephes' logf, ~1 ulp): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log(1 + f) for f = m - 1 by its polynomial, plus e ln2 in two parts.
+inline vf vlog(vf x) {
+    const vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 126;
+    vf m = (vf)((bits & 0x807fffff) | 0x3f000000);  // [0.5, 1)
+    const vi small = m < 0.707106781186547524f;
+    e += small;  // -1 where small
+    m = small ? m + m : m;
+    const vf f = m - 1.0f, z = f * f;
+    vf y = ((((((((7.0376836292e-2f * f - 1.1514610310e-1f) * f + 1.1676998740e-1f) * f - 1.2420140846e-1f) * f
+                  + 1.4249322787e-1f) * f - 1.6668057665e-1f) * f + 2.0000714765e-1f) * f - 2.4999993993e-1f) * f
+           + 3.3333331174e-1f) * f * z;
+    const vf ef = __builtin_convertvector(e, vf);
+    y += -2.12194440e-4f * ef - 0.5f * z;
+    return f + y + 0.693359375f * ef;
+}
+}  // namespace fedbrb
