@@ -82,3 +82,50 @@ def test_without_a_compiler_it_warns_and_uses_the_reference(fresh_cpu_kernels: o
 def test_kernel_rejects_bad_input(x: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ln.layer_norm_rows(x, 1e-5)
+
+
+def shift_values_and_grads(fn: object, x: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
+                           grad_shifted: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    leaves = (x.clone().requires_grad_(), bias.clone().requires_grad_())
+    y, shifted = fn(*leaves, 1e-5)  # type: ignore[operator]
+    loss = (y * grad_y).sum() + (shifted * grad_shifted).sum()
+    return (y.detach(), shifted.detach(), *torch.autograd.grad(loss, leaves))
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 70, 32), (2, 130, 17), (4, 64, 64), (1, 200, 16)])
+def test_norm_and_shift_kernel_matches_reference(shape: tuple[int, ...]) -> None:
+    # token counts across the 64-row bias-gradient parts; the input gradient adds both branches'
+    g = torch.Generator().manual_seed(sum(shape))
+    x, bias = torch.randn(shape, generator=g) * 2 + 1, torch.randn(shape[0], shape[2], generator=g)
+    grads = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    got = shift_values_and_grads(ln.layer_norm_and_shift_rows, x, bias, *grads)
+    want = shift_values_and_grads(ln.layer_norm_and_shift_reference, x, bias, *grads)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * (shape[1] if i == 3 else 1))
+
+
+@needs_kernel
+def test_shifted_output_can_be_accumulated_into_in_place() -> None:
+    """The stacked forward's residual GEMM accumulates into the shifted stream (baddbmm_)."""
+    x, bias, w = torch.randn(2, 5, 8), torch.randn(2, 8), torch.randn(2, 8, 8)
+
+    def run(fn: object) -> tuple[torch.Tensor, ...]:
+        leaves = (x.clone().requires_grad_(), bias.clone().requires_grad_(), w.clone().requires_grad_())
+        y, shifted = fn(leaves[0], leaves[1], 1e-5)  # type: ignore[operator]
+        out = shifted.baddbmm_(y, leaves[2])
+        return (out.detach(), *torch.autograd.grad(out.square().sum(), leaves))
+
+    for a, b in zip(run(ln.layer_norm_and_shift_rows), run(ln.layer_norm_and_shift_reference), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_norm_and_shift_dispatch_off_float32_and_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ln, "layer_norm_and_shift_rows", lambda *a: pytest.fail("the kernel is float32 only"))
+    x, bias = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    for a, b in zip(ln.layer_norm_and_shift(x, bias, 1e-5), ln.layer_norm_and_shift_reference(x, bias, 1e-5),
+                    strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="bias \\[N, C\\]"):
+        ln.layer_norm_and_shift_rows(torch.zeros(2, 3, 4), torch.zeros(3, 4), 1e-5)
