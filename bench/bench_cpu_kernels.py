@@ -8,6 +8,7 @@ Shapes are the Transformer's at the engine benchmark (50 clients x 10 sequences 
               1/8, 1/4 and 1/2 of the default model (2, 4, 8, 16; 16 has no lanes variant and
               times the reference alone)
   layer_norm  rows of the model dimension at widths 1/16, 1/8, 1/4 (16, 32, 64)
+  layer_norm_and_shift  the same rows as [50, 800, C], with the next residual layer's bias per client
   bias_gelu   the MLP's [50, 800, 128] and, at width 1/4, [50, 800, 256]
 Each kernel is checked against its reference, then both are timed interleaved (kernel, reference,
 kernel, ...); the machine's matmul peak and copy bandwidth are measured around the run, and a drift
@@ -41,17 +42,26 @@ from fedbrb_fast.kernels.causal_attention_cpu import (  # noqa: E402
     lanes_unavailable,
 )
 from fedbrb_fast.kernels.layer_norm_cpu import SOURCE as LAYER_NORM  # noqa: E402
-from fedbrb_fast.kernels.layer_norm_cpu import layer_norm_reference, layer_norm_rows  # noqa: E402
+from fedbrb_fast.kernels.layer_norm_cpu import (  # noqa: E402
+    layer_norm_and_shift_reference,
+    layer_norm_and_shift_rows,
+    layer_norm_reference,
+    layer_norm_rows,
+)
 from fedbrb_fast.outputs import atomic_write_text  # noqa: E402
 
 EPS = 1e-5
 
 
-def pass_of(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], extra: tuple[Any, ...],
+def total(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return out.sum() if isinstance(out, torch.Tensor) else sum(o.sum() for o in out)  # type: ignore[return-value]
+
+
+def pass_of(fn: Callable[..., Any], inputs: list[torch.Tensor], extra: tuple[Any, ...],
             backward: bool) -> Callable[[], dict]:
     def run() -> dict[str, float]:
         if backward:
-            fn(*inputs, *extra).sum().backward()
+            total(fn(*inputs, *extra)).backward()
         else:
             with torch.no_grad():
                 fn(*inputs, *extra)
@@ -59,7 +69,7 @@ def pass_of(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], extra: 
     return run
 
 
-def measure(kernel: str, shape: tuple[int, ...], contenders: dict[str, Callable[..., torch.Tensor]],
+def measure(kernel: str, shape: tuple[int, ...], contenders: dict[str, Callable[..., Any]],
             inputs: list[torch.Tensor], extra: tuple[Any, ...], repeats: int, rtol: float = 2e-5,
             atol: float = 2e-5) -> list[dict[str, Any]]:
     if "kernel" in contenders:
@@ -103,6 +113,13 @@ def layer_norm_rows_of(tokens: int, repeats: int) -> list[dict[str, Any]]:
         [leaf(tokens, width)], (EPS,), repeats, atol=2e-6)]
 
 
+def layer_norm_and_shift_rows_of(clients: int, tokens: int, repeats: int) -> list[dict[str, Any]]:
+    return [r for width in (16, 32, 64) for r in measure(
+        "layer_norm_and_shift", (clients, tokens, width),
+        {"kernel": layer_norm_and_shift_rows, "reference": layer_norm_and_shift_reference},
+        [leaf(clients, tokens, width), leaf(clients, width)], (EPS,), repeats, atol=2e-6)]
+
+
 def bias_gelu_rows(clients: int, tokens: int, repeats: int) -> list[dict[str, Any]]:
     return [r for width in (128, 256) for r in measure(
         "bias_gelu", (clients, tokens, width), {"kernel": bias_gelu_fused, "reference": bias_gelu_reference},
@@ -125,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     before = measure_speed()
     rows = (attention_rows(clients, sequences, length, heads, repeats)
             + layer_norm_rows_of(clients * sequences * length, repeats)
+            + layer_norm_and_shift_rows_of(clients, sequences * length, repeats)
             + bias_gelu_rows(clients, sequences * length, repeats))
     check = NoiseCheck(before, measure_speed())
     print(f"drift {100 * check.drift:.0f}%" + (" NOISY: not a result" if check.noisy else " (quiet)"))

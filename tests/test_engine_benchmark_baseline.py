@@ -152,7 +152,7 @@ def test_cpu_kernel_benchmark_times_each_kernel_against_its_reference_and_writes
     assert {(r["shape"][-1] // 9, r["pass"]) for r in saved["rows"] if r["kernel"] == "attention"} == {
         (d, p) for d in (2, 4, 8, 16) for p in passes}
     assert {(r["kernel"], r["pass"]) for r in saved["rows"]} == {
-        (k, p) for k in ("attention", "layer_norm", "bias_gelu") for p in passes}
+        (k, p) for k in ("attention", "layer_norm", "layer_norm_and_shift", "bias_gelu") for p in passes}
     for row in saved["rows"]:
         lanes = row["kernel"] != "attention" or row["shape"][-1] // 9 in HEAD_DIMS
         assert ("kernel_vs_reference" in row) == lanes
