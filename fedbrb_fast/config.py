@@ -265,6 +265,10 @@ class MethodConfig(_Section):
     lam: float = Field(0.5, ge=0, le=1)
     lam_schedule: Literal["constant", "linear", "cosine"] = "constant"
     lam_end: float = Field(0.0, ge=0, le=1)
+    # None (the SPEC default) leaves the field out of a saved config, so runs written before it existed still match.
+    init: Literal["tiled"] | None = Field(
+        None, description="fedbrb: 'tiled' starts the global model with every tile of a tensor equal to its first "
+        "block's (docs/algorithm.md#tiled-init); unset: the whole global model drawn at once, every tile independent")
 
 
 class TrainConfig(_Section):
@@ -407,6 +411,8 @@ def _cross_field_problems(cfg: ExperimentConfig) -> list[str]:
     if cfg.train.engine == "distributed" and cfg.aggregation.backend == "reference":
         out.append("aggregation.backend: 'reference' computes no partial sums to all-reduce; the distributed engine "
                    "needs auto, torch, numba, triton or cuda")
+    if cfg.method.init is not None and cfg.method.name != "fedbrb":
+        out.append(f"method.init: {cfg.method.init!r} is an option of fedbrb, not of {cfg.method.name!r}")
     ms = cfg.train.lr_milestones
     if any(b <= a for a, b in pairwise(ms)):
         out.append(f"train.lr_milestones: {ms} must be strictly increasing")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import fedbrb_fast.engines.simulation as simulation_module
 import fedbrb_fast.experiments.execute as execute_module
 from fedbrb_fast.cli import app
-from fedbrb_fast.config import config_from_dict
+from fedbrb_fast.config import MLPConfig, config_from_dict
 from fedbrb_fast.experiments import (
     SuiteError,
     expand_runs,
@@ -117,7 +117,11 @@ def test_expansion_orders_overrides_and_names_folders(tmp_path):
     assert {r.seed for r in quick} == {0} and {r.config.rounds for r in quick} == {3}
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+ABLATION_SUITES = ("mnist1d_mlp_ablations.toml",)  # compare fewer methods, by design (their descriptions say so)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in EXAMPLES.glob("*.toml") if p.name not in ABLATION_SUITES),
+                         ids=lambda p: p.name)
 def test_example_suites_are_valid(tmp_path, path):
     suite = load_suite(path)
     runs = expand_runs(suite, tmp_path)
@@ -126,6 +130,24 @@ def test_example_suites_are_valid(tmp_path, path):
         assert any(r.arm == method for r in runs)
     assert set(suite.roles) == {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_only"}
     assert {r.config.train.engine for r in runs} == {"batched"}
+
+
+def test_the_ablation_suite_varies_the_norm_scaler_and_init_around_mnist1d_mlp_long(tmp_path):
+    suite = load_suite(EXAMPLES / "mnist1d_mlp_ablations.toml")
+    runs = expand_runs(suite, tmp_path)
+    long = {r.arm: r.config for r in expand_runs(load_suite(EXAMPLES / "mnist1d_mlp_long.toml"), tmp_path / "l")
+            if r.scenario == "iid_w8" and r.seed == 0}
+    gn = {r.arm: r.config for r in runs if r.scenario == "gn" and r.seed == 0}
+    for method in ("fedbrb", "heterofl", "fedavg_small", "fedavg"):  # scenario gn is mnist1d_mlp_long's iid_w8
+        assert gn[method].model_copy(update={"name": "", "output_dir": ""}) == long[method].model_copy(
+            update={"name": "", "output_dir": ""})
+    assert suite.diagnose and suite.roles == {"tiled_init": "fedbrb_tiled"}
+    models = {r.scenario: r.config.model for r in runs if r.arm == "fedavg"}
+    norms = {name: (m.norm, m.norm_groups) for name, m in models.items() if isinstance(m, MLPConfig)}
+    assert norms == {"gn": ("gn", 4), "ln": ("gn", 1), "bn": ("bn", 4), "none": ("none", 4)}
+    assert {r.scenario for r in runs if not r.config.model.scaler} == {"gn", "none"}
+    assert {r.arm for r in runs if r.config.method.init == "tiled"} == {"fedbrb_tiled", "fedbrb_tiled_noscaler"}
+    assert {r.seed for r in runs} == {0, 1, 2} and len(runs) == 3 * (7 + 5 + 5 + 8)
 
 
 # --- statistics --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ claims over the scenarios with enough of it, whether each curve flattened, the o
 beside every lam, and wall times (with summaries that predate a field)."""
 
 import copy
+from typing import Any
 
 import pytest
 from test_experiments import constructed_summary, scenario, stat, tiny_suite_dict, write_suite
@@ -16,10 +17,24 @@ from fedbrb_fast.experiments.convergence import (
     judge_curve,
     judge_scenario,
 )
+from fedbrb_fast.experiments.diagnostics_report import (
+    diagnostics_reading,
+    diagnostics_section,
+    value,
+    why_fedbrb_trails,
+)
 from fedbrb_fast.experiments.formatting import describe_method, share
 from fedbrb_fast.experiments.headroom import HEADROOM_MIN_POINTS, has_headroom, headroom_points
-from fedbrb_fast.experiments.reading import bounds, lam_effect
-from fedbrb_fast.experiments.report import claims_section, convergence_section, headroom_section, render, results_table
+from fedbrb_fast.experiments.reading import bounds, lam_effect, lower_bound_passes, variant_effects
+from fedbrb_fast.experiments.report import (
+    BUDGET_MINUTES,
+    claims_section,
+    convergence_section,
+    headroom_section,
+    render,
+    results_table,
+    within_budget,
+)
 from fedbrb_fast.experiments.stats import arm_result
 from fedbrb_fast.experiments.suite import RunOutcome, SuiteError
 from fedbrb_fast.experiments.summary import build_summary
@@ -294,3 +309,123 @@ def test_wall_times_a_summary_lacks_read_not_recorded():
     assert "Wall time: not recorded for the invocation that wrote the summary; not recorded summed" in text
     assert "| 10.0 min | 9.0 min (3 runs not recorded) |" in text
     assert "| all 2 suites | | | | | 60 | 10.0 min | 9.0 min |" in text
+
+
+def test_a_suite_over_the_time_budget_is_marked():
+    s = full(converging_summary())
+    assert BUDGET_MINUTES == 30
+    assert within_budget(s) == "yes"
+    assert within_budget({**s, "wall_seconds": 66.1 * 60}) == "no (66.1 min)"
+    # rewritten from reused runs: a short wall time, but its runs took their sum
+    assert within_budget({**s, "wall_seconds": 40.0, "run_seconds": 63.8 * 60}) == "no (63.8 min)"
+    assert within_budget({**s, "wall_seconds": 1800.0, "run_seconds": None}) == "yes"
+    assert within_budget({k: v for k, v in s.items() if k not in ("wall_seconds", "run_seconds")}) == "not recorded"
+    text = render([{**s, "wall_seconds": 66.1 * 60}], {}, command="fedbrb-fast report x")
+    assert "| 66.1 min | 9.0 min | no (66.1 min) |" in text and "within 30 min |" in text
+
+
+# --- the ablations: arms above the lower bound, variants against their method, diagnostics -------
+
+
+def ablation_summary():
+    """Two norms as scenarios: fedbrb below fedavg_small in both, its tiled variant above it in
+    `ln` only, a scaler-off variant (no role) and the lam-zero role (covered by lam_effect)."""
+    def diag(temperature, scale, coherence, sub, loss):
+        d = {"test_loss": loss, "temperature": temperature, "loss_at_temperature": 1.2, "logit_scale": scale,
+             "submodel_accuracy": sub, "tile_coherence": coherence}
+        return {k: (stat(v, 0.01) if v is not None else {"mean": None, "std": None, "n": 0, "missing": 3})
+                for k, v in d.items()}
+
+    arms = [{"name": "fedbrb", "kind": "method", "method": fedbrb(0.5)},
+            {"name": "fedavg_small", "kind": "method", "method": {"name": "fedavg_small"}},
+            {"name": "fedavg", "kind": "method", "method": {"name": "fedavg"}},
+            {"name": "fedbrb_noscaler", "kind": "variant", "method": fedbrb(0.5), "set": ["model.scaler=false"]},
+            {"name": "lam0", "kind": "variant", "method": fedbrb(0.0), "set": ["method.lam=0"]},
+            {"name": "tiled", "kind": "variant", "method": {**fedbrb(0.5), "init": "tiled"},
+             "set": ["method.init='tiled'"]}]
+    scenarios = [scenario("gn", "iid", {"fedbrb": 0.50, "fedavg_small": 0.56, "fedavg": 0.71,
+                                        "fedbrb_noscaler": 0.52, "lam0": 0.40, "tiled": 0.55}),
+                 scenario("ln", "iid", {"fedbrb": 0.56, "fedavg_small": 0.60, "fedavg": 0.71,
+                                        "fedbrb_noscaler": 0.555, "lam0": 0.45, "tiled": 0.63})]
+    s: dict[str, Any] = {"suite": "abl", "arms": arms, "roles": {"lam_zero": "lam0", "tiled_init": "tiled"},
+                         "scenarios": scenarios}
+    for sc in s["scenarios"]:
+        sc["setup"]["num_blocks"] = 8
+        r = sc["results"]
+        r["fedbrb"]["diagnostics"] = diag(7.8, 8.2, 0.984, 0.502, 5.08)
+        r["tiled"]["diagnostics"] = diag(9.5, 8.0, 0.999, 0.60, 6.5)
+        r["fedbrb_noscaler"]["diagnostics"] = diag(8.0, 8.1, 0.985, 0.51, 5.3)
+        r["fedavg_small"]["diagnostics"] = diag(1.6, None, None, None, 1.27)
+        r["fedavg"]["diagnostics"] = diag(1.8, 6.0, 0.122, 0.14, 0.97)
+    return s
+
+
+def test_arms_above_the_lower_bound_are_named_per_scenario():
+    (sentence,) = lower_bound_passes(ablation_summary())
+    assert sentence == ("Arms above the lower bound fedavg_small (every arm but fedavg; final accuracy): gn: none "
+                        "(closest tiled, -1.0 pts); ln: tiled +3.0 pts (beyond one std).")
+    no_small = ablation_summary()
+    no_small["arms"] = [a for a in no_small["arms"] if a["name"] != "fedavg_small"]
+    for sc in no_small["scenarios"]:
+        del sc["results"]["fedavg_small"]
+    assert lower_bound_passes(no_small) == []
+
+
+def test_variants_without_a_role_and_the_tiled_init_are_read_against_their_method():
+    lines = variant_effects(ablation_summary())
+    assert len(lines) == 2  # lam0 has a role of its own (lam_effect reads it)
+    assert lines[0].startswith("fedbrb_noscaler − fedbrb (fedbrb, lam=0.5 (own-update share 1/65 at K=8), shear; "
+                               "`model.scaler=false`): gn +2.0 pts (beyond one std); ln -0.5 pts (within one std); "
+                               "mean +0.8 pts.")
+    assert lines[1].startswith("tiled − fedbrb (fedbrb, lam=0.5 (own-update share 1/65 at K=8), shear, tiled init; "
+                               "`method.init='tiled'`): gn +5.0 pts (beyond one std); ln +7.0 pts (beyond one std)")
+
+
+def test_diagnostics_are_tabled_per_scenario_and_read_for_fedbrb_and_the_bounds():
+    s = ablation_summary()
+    table = diagnostics_section(s)
+    assert "Scenario `gn`:" in table and "Scenario `ln`:" in table
+    assert ("| fedbrb | 50.0 ± 1.0 | 5.08 ± 0.01 | 7.80 ± 0.01 | 1.20 ± 0.01 | 8.20 ± 0.01 | 50.2 ± 1.0 | "
+            "0.984 ± 0.010 |") in table
+    assert "| fedavg_small | 56.0 ± 1.0 | 1.27 ± 0.01 | 1.60 ± 0.01 | 1.20 ± 0.01 | — | — | — |" in table
+    assert "| lam0 |" not in table  # no diagnostics recorded for it
+    why = why_fedbrb_trails(s)
+    assert why == [
+        "Why FedBRB does not pass fedavg_small: its global model is close to K x K copies of one width-1/K sub-model "
+        "(tile coherence at least 0.95) and scores what its sub-models score (within one std) in gn (0.984; 50.0% vs "
+        "50.2%) (coherence; global vs sub-model accuracy): a model no larger than fedavg_small's, so at best its "
+        "equal.",  # not ln: 56.0% is more than one std from its sub-models' 50.2%
+        "Its overconfidence is the classifier summing K equal blocks: its logits are K times as spread as its "
+        "sub-models' (within 15% of K) in gn (8.20, temperature 7.80), ln (8.20, temperature 7.80).",
+        "There, its sub-models against fedavg_small's accuracy: gn -5.8 pts, from the tiled init +4.0 pts (the tiled "
+        "init removes the tiles' independent starting points, which broadcast never averages away).",
+        "Global model below its own sub-models by more than one std (a K x K tiled model computes its sub-model's "
+        "function only where a norm divides the K-fold sums out exactly, docs/algorithm.md#tiled-init): tiled in gn "
+        "(55.0% vs 60.0%)."]
+    lines = diagnostics_reading(s)
+    assert lines[:4] == why
+    lines = lines[4:]
+    assert lines[0] == ("Calibration of fedbrb's global model (K = 8): fitted temperature gn 7.80, ln 7.80; logit "
+                        "scale against its width-1/K sub-models gn 8.20, ln 8.20; test loss gn 5.08, ln 5.08, and at "
+                        "the fitted temperature gn 1.20, ln 1.20.")
+    assert lines[1].startswith("Calibration of tiled's global model")
+    assert lines[2] == ("Tiles of fedbrb's global model: coherence gn 0.984, ln 0.984; its width-1/K sub-models reach "
+                        "gn 50.2%, ln 50.2% against the global model's gn 50.0%, ln 56.0% (fedavg_small: gn 56.0%, "
+                        "ln 60.0%).")
+    # every FedBRB arm with diagnostics (lam0 has none)
+    assert [line.split("'s")[0] for line in lines[2:5]] == ["Tiles of fedbrb", "Tiles of fedbrb_noscaler",
+                                                             "Tiles of tiled"]
+    assert len(lines) == 7
+    assert lines[-2] == ("For reference, fedavg_small: fitted temperature gn 1.60, ln 1.60; test loss gn 1.27, ln "
+                         "1.27.")
+    assert lines[-1] == ("For reference, fedavg: fitted temperature gn 1.80, ln 1.80; test loss gn 0.970, ln 0.970; "
+                         "tile coherence gn 0.122, ln 0.122.")
+    assert value({"mean": 603.4, "std": 524.2, "n": 3}) == "603 ± 524" and value(None) == "—"
+    assert value({"mean": 0.985, "std": 0.000706, "n": 3}) == "0.985 ± 0.001"
+    assert value({"mean": 10.19, "std": 0.26, "n": 1}) == "10.2"
+    plain = converging_summary()
+    assert diagnostics_section(plain) == "" and diagnostics_reading(plain) == [] and why_fedbrb_trails(plain) == []
+    wide = copy.deepcopy(s)  # a logit scale far from K is not called the classifier's sum
+    for sc in wide["scenarios"]:
+        sc["results"]["fedbrb"]["diagnostics"]["logit_scale"] = stat(5.0, 0.1)
+    assert not any(line.startswith("Its overconfidence") for line in why_fedbrb_trails(wide))

@@ -23,9 +23,8 @@ from tqdm.auto import tqdm
 from fedbrb_fast.config import load_config
 from fedbrb_fast.engines import build_federated_data
 from fedbrb_fast.integrations.flower import client_app_from_config, global_evaluate_fn, strategy_from_config
-from fedbrb_fast.models import build_model
+from fedbrb_fast.models import build_model, initial_params
 from fedbrb_fast.outputs import atomic_write_text, plot_accuracy
-from fedbrb_fast.seeding import STREAM_INIT, torch_generator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                     bar.set_postfix(acc=f"{100 * metrics['accuracy']:.1f}%")
                 return metrics
 
-            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.init(torch_generator(cfg.seed, STREAM_INIT))),
+            strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_params(cfg, model)),
                            num_rounds=args.rounds, evaluate_fn=evaluate_and_record)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)

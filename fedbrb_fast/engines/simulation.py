@@ -17,11 +17,10 @@ from ..aggregation import AggregationOverflow, AggregationResult, ClientBatch, C
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_dataset, make_federated
 from ..faults import FaultEvent, corrupt, pick_clients, update_norms, without_clients
-from ..models import build_model
+from ..models import build_model, initial_params
 from ..plans import Shear, assign_widths, check_fedbrb_blocks, make_round_plans, sample_clients, shear_coefficients
 from ..profiling import PhaseTimer
 from ..schedules import lam_at, lr_at
-from ..seeding import STREAM_INIT, torch_generator
 from ..training import LocalTraining
 from .base import Engine
 from .batched import BatchedEngine
@@ -89,7 +88,7 @@ class Simulation:
             layout = self.model.layout
             self.shear = shear_coefficients(layout)
             check_fedbrb_blocks(layout.group_sizes, layout.group_segments, cfg.num_blocks)
-        self.params: dict[str, Tensor] = self.model.init(torch_generator(cfg.seed, STREAM_INIT))
+        self.params: dict[str, Tensor] = initial_params(cfg, self.model)
         self.client_widths = assign_widths(
             cfg.clients.num_clients, cfg.clients.widths, cfg.clients.proportions, cfg.seed
         )

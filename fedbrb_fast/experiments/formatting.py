@@ -70,7 +70,8 @@ def describe_method(method: Mapping[str, Any], num_blocks: Iterable[int] = ()) -
     else:
         lam = (f"lam {method['lam']:g}→{method['lam_end']:g} ({method['lam_schedule']}"
                + (f"; {own_shares(method, ks)})" if ks else ")"))
-    return f"fedbrb, {lam}, {method['schedule']}"
+    tiled = ", tiled init" if method.get("init") == "tiled" else ""  # summaries before the option lack it
+    return f"fedbrb, {lam}, {method['schedule']}{tiled}"
 
 
 def arm_num_blocks(summary: Mapping[str, Any], arm: str) -> list[int]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .claims import Pair, pair
+from .diagnostics_report import diagnostics_reading
 from .formatting import describe_arm, pct, pts
 from .headroom import HEADROOM_MIN_POINTS, LOWER_BOUND, UPPER_BOUND, has_headroom, headroom_points
 
@@ -113,8 +114,49 @@ def shear_effect(summary: Mapping[str, Any]) -> list[str]:
             f"{len(ps)} scenarios, beyond one std in {sum(abs(p.diff) > p.noise for _, p in ps)}."]
 
 
+def lower_bound_passes(summary: Mapping[str, Any]) -> list[str]:
+    """Per scenario, the arms (methods and variants, all but the fedavg upper bound) whose final
+    accuracy is above fedavg_small's: can a small-to-large method pass the small model trained alone."""
+    names = [a["name"] for a in summary["arms"] if a["name"] not in (LOWER_BOUND, UPPER_BOUND)]
+    parts = []
+    for s in summary["scenarios"]:
+        pairs = [p for a in names if (p := pair(s, a, LOWER_BOUND)) is not None]
+        if not pairs:
+            continue
+        above = sorted((p for p in pairs if p.beats), key=lambda p: -p.diff)
+        if above:
+            parts.append(f"{s['name']}: " + ", ".join(f"{p.a} {pts(p.diff)} ({_noise_word(p)})" for p in above))
+        else:
+            closest = max(pairs, key=lambda p: p.diff)
+            parts.append(f"{s['name']}: none (closest {closest.a}, {pts(closest.diff)})")
+    if not parts:
+        return []
+    return [f"Arms above the lower bound {LOWER_BOUND} (every arm but {UPPER_BOUND}; final accuracy): "
+            + "; ".join(parts) + "."]
+
+
+def variant_effects(summary: Mapping[str, Any]) -> list[str]:
+    """Every variant without a role (the roles have their own sentences) and the tiled-init role,
+    against the method it runs, scenario by scenario."""
+    roles = summary.get("roles", {})
+    roled = {arm for role, arm in roles.items() if role != "tiled_init"}
+    out = []
+    for arm in summary["arms"]:
+        method = arm["method"]["name"]
+        if arm["kind"] != "variant" or arm["name"] in roled or not any(a["name"] == method for a in summary["arms"]):
+            continue
+        ps = _pairs(summary, arm["name"], method)
+        if not ps:
+            continue
+        per = "; ".join(f"{name} {pts(p.diff)} ({_noise_word(p)})" for name, p in ps)
+        out.append(f"{arm['name']} − {method} ({describe_arm(summary, arm['name'])}; `{' '.join(arm['set'])}`): "
+                   f"{per}; mean {pts(_mean(p.diff for _, p in ps))}.")
+    return out
+
+
 def honest_reading(summary: Mapping[str, Any]) -> list[str]:
-    return [*fedbrb_standing(summary), *bounds(summary), *lam_effect(summary), *shear_effect(summary)]
+    return [*fedbrb_standing(summary), *bounds(summary), *lower_bound_passes(summary), *lam_effect(summary),
+            *shear_effect(summary), *variant_effects(summary), *diagnostics_reading(summary)]
 
 
 def _mean(values: Sequence[float] | Any) -> float:

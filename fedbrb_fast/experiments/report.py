@@ -29,10 +29,13 @@ from .convergence import (
     Convergence,
     judge_scenario,
 )
+from .diagnostics_report import diagnostics_section
 from .formatting import describe_arm, format_widths, mean_pm_std, pct, pts
 from .headroom import HEADROOM_MIN_POINTS, LOWER_BOUND, UPPER_BOUND, has_headroom, headroom_points
 from .reading import honest_reading
 from .summary import SUMMARY_VERSION, write_suite_plots
+
+BUDGET_MINUTES = 30  # the time a suite may take on the machine that runs it (the project's rule)
 
 
 class ReportError(ValueError):
@@ -93,31 +96,42 @@ def _intro(summaries: Sequence[Mapping[str, Any]], command: str) -> str:
 
 def _provenance(summaries: Sequence[Mapping[str, Any]], command: str) -> str:
     commands = "\n".join(s["command"] for s in summaries) + "\n" + command
-    rows = ["| suite | finished (UTC) | machine | CPUs | torch (threads) | runs | wall time | sum of run times |",
-            "|---|---|---|---:|---|---:|---:|---:|"]
+    rows = ["| suite | finished (UTC) | machine | CPUs | torch (threads) | runs | wall time | sum of run times | "
+            f"within {BUDGET_MINUTES} min |", "|---|---|---|---:|---|---:|---:|---:|---|"]
     for s in summaries:
         m = s["machine"]
         notes = [f"{s[k]} {word}" for k, word in (("runs_shared", "shared"), ("runs_reused", "reused")) if s.get(k)]
         reused = f" ({', '.join(notes)})" if notes else ""
         rows.append(f"| {s['suite']} | {s['finished_at']} | {m['platform']}, {m['cpu_model']} | {m['cpu_count']} | "
                     f"{m['torch']} ({m['torch_threads']}) | {s['runs']}{reused} | {_duration(s.get('wall_seconds'))} | "
-                    f"{run_time(s)} |")
+                    f"{run_time(s)} | {within_budget(s)} |")
     walls = [w for s in summaries if (w := s.get("wall_seconds")) is not None]
     sums = [t for s in summaries if (t := s.get("run_seconds")) is not None]
     rows.append(f"| all {len(summaries)} suites | | | | | {sum(s['runs'] for s in summaries)} | "
                 f"{_duration(sum(walls)) if walls else 'not recorded'} | "
-                f"{_duration(sum(sums)) if sums else 'not recorded'} |")
+                f"{_duration(sum(sums)) if sums else 'not recorded'} | |")
     return ("## How these results were produced\n\n```bash\n" + commands + "\n```\n\n" + "\n".join(rows) +
             "\n\nWall time is that of the invocation that wrote the summary (runs it reused from an earlier "
             "invocation cost nothing then); the sum of run times adds up every run's rounds (the time each run "
             "recorded; \"not recorded\" where a summary holds none). A shared run is one whose config differs from "
-            "an earlier run's only in what its method ignores (fedavg: the client widths), so it ran once.")
+            "an earlier run's only in what its method ignores (fedavg: the client widths), so it ran once. "
+            f"Within {BUDGET_MINUTES} min: whether the longer of the wall time and the sum of run times is at most "
+            f"{BUDGET_MINUTES} minutes (a summary rewritten from reused runs has a short wall time, but its runs took "
+            "their sum); where it is not, the suite's description says what was done instead.")
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "not recorded"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def within_budget(s: Mapping[str, Any]) -> str:
+    """"yes", or "no (the longer time)", against BUDGET_MINUTES; "not recorded" without either time."""
+    times = [t for t in (s.get("wall_seconds"), s.get("run_seconds")) if t is not None]
+    if not times:
+        return "not recorded"
+    return "yes" if max(times) <= 60 * BUDGET_MINUTES else f"no ({_duration(max(times))})"
 
 
 def run_time(s: Mapping[str, Any]) -> str:
@@ -148,6 +162,9 @@ def _suite_section(s: Mapping[str, Any], figures: Mapping[str, str]) -> str:
                   f"{UPPER_BOUND} upper bound; (= S): the same runs as in scenario S (shared, see above); †: the "
                   "curve had not flattened (see Convergence below); s/run: mean seconds per run; last row: the "
                   "scenario's headroom.", "", results_table(s), "", _arm_legend(s), "", convergence_section(s)]
+    diagnosed = diagnostics_section(s)
+    if diagnosed:
+        lines += ["", diagnosed]
     for sc in s["scenarios"]:
         if sc["name"] in figures:
             lines += ["", f"![{s['suite']} {sc['name']}: accuracy vs round]({figures[sc['name']]})"]

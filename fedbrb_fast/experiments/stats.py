@@ -37,6 +37,7 @@ def arm_result(summaries: Sequence[Mapping[str, Any]],
     return {
         "final_accuracy": mean_std([s.get("final_accuracy") for s in summaries]),
         "best_accuracy": mean_std([s.get("best_accuracy") for s in summaries]),
+        "final_loss": mean_std([s.get("final_loss") for s in summaries]),
         "seconds": mean_std([s.get("seconds", {}).get("total") for s in summaries]),  # unrecorded: missing
         "curve": mean_curve(histories),
     }

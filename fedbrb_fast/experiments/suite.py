@@ -6,6 +6,7 @@ A suite file:
     name, description, seeds = [0, 1, 2], methods = [...], coverage_scenario = "..."
     convergence = "..."  how the suite judges that the curves flattened (optional; the report prints
                          it beside the judgement it computes, convergence.DEFAULT_CONVERGENCE_RULE)
+    diagnose = true      measure every run's final global model (experiments/diagnostics.py; optional)
     [base]           a full experiment config (the schema of fedbrb_fast/configs/default.toml)
     [[scenarios]]    name, set = ["key=value", ...]   overrides on top of base
     [[variants]]     name, set = [...], scenarios = [...] (optional: where it runs; default all)
@@ -60,6 +61,7 @@ class Roles(_Entry):
     lam_decay: str | None = None
     diagonal: str | None = None  # no shear: the coverage ablation
     smallest_only: str | None = None  # claim (ii): FedBRB where every client has the smallest width
+    tiled_init: str | None = None  # FedBRB from the tiled init (docs/algorithm.md#tiled-init)
 
 
 class QuickEntry(_Entry):
@@ -75,6 +77,7 @@ class SuiteFile(_Entry):
     coverage_scenario: str | None = None
     convergence: str = Field(DEFAULT_CONVERGENCE_RULE, min_length=1,
                              description="how the suite judges that the accuracy curves flattened")
+    diagnose: bool = Field(False, description="measure every run's final global model (experiments/diagnostics.py)")
     base: dict[str, Any]
     scenarios: list[ScenarioEntry] = Field(min_length=1)
     variants: list[VariantEntry] = Field(default_factory=list)
@@ -136,6 +139,7 @@ class Suite:
     base: dict[str, Any]
     quick: QuickEntry
     convergence: str = DEFAULT_CONVERGENCE_RULE
+    diagnose: bool = False
 
     def seeds_for(self, quick: bool) -> tuple[int, ...]:
         return tuple(self.quick.seeds or self.seeds[:1]) if quick else self.seeds
@@ -180,7 +184,7 @@ def load_suite(path: str | Path) -> Suite:
                  scenarios=tuple(spec.scenarios), arms=arms,
                  roles={k: v for k, v in spec.roles.model_dump().items() if v is not None},
                  coverage_scenario=spec.coverage_scenario or spec.scenarios[0].name, base=spec.base, quick=spec.quick,
-                 convergence=spec.convergence)
+                 convergence=spec.convergence, diagnose=spec.diagnose)
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -290,6 +294,7 @@ def _role_problem(role: str, cfg: ExperimentConfig, scenario_widths: list[float]
         "lam_decay": (m.lam_schedule != "constant" and m.lam > m.lam_end and m.schedule == "shear",
                       "needs a decaying lam (lam_schedule linear/cosine, lam > lam_end) and schedule 'shear'"),
         "diagonal": (m.schedule == "diagonal", "needs method.schedule = 'diagonal'"),
+        "tiled_init": (m.init == "tiled", "needs method.init = 'tiled'"),
         "smallest_only": (len(set(scenario_widths)) > 1 and cfg.clients.widths == [min(scenario_widths)],
                           f"needs clients.widths = [{min(scenario_widths):g}] in a scenario with several widths "
                           f"({scenario_widths})"),

@@ -15,12 +15,14 @@ import torch
 
 from ..config import ExperimentConfig, NormedConfig
 from ..methods import METHODS
+from ..runner import load_data
 from .coverage import IN_GROUP, OUT_GROUP, replay_coverage
+from .diagnostics import DIAGNOSTICS, diagnose_run
 from .formatting import format_widths
 from .plots import plot_coverage, plot_scenario_curves
 from .samples import continuation_samples
-from .stats import arm_result
-from .suite import RunOutcome, Suite
+from .stats import arm_result, mean_std
+from .suite import RunOutcome, Suite, data_key
 
 SUMMARY_VERSION = 2  # bump when the report needs a field older summaries lack
 
@@ -58,6 +60,7 @@ def describe_setup(cfg: ExperimentConfig) -> dict[str, Any]:
 def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, command: str,
                   wall_seconds: float) -> dict[str, Any]:
     scenarios = []
+    diagnosed = diagnose_outcomes(outcomes) if suite.diagnose else {}
     for scenario in suite.scenarios:
         mine = [o for o in outcomes if o.spec.scenario == scenario.name]
         reference = next((o for o in mine if o.spec.arm in METHODS), mine[0])  # the scenario as methods see it
@@ -69,6 +72,9 @@ def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, 
                 shared = sorted({o.shared_with.scenario for o in runs if o.shared_with is not None})
                 if shared:
                     results[arm.name]["shared_from"] = shared
+                if suite.diagnose:
+                    results[arm.name]["diagnostics"] = {
+                        name: mean_std([diagnosed[o.spec.relative_dir][name] for o in runs]) for name in DIAGNOSTICS}
         scenarios.append({"name": scenario.name, "set": list(scenario.set),
                           "setup": describe_setup(reference.spec.config), "results": results})
     return {
@@ -95,6 +101,22 @@ def build_summary(suite: Suite, outcomes: Sequence[RunOutcome], *, quick: bool, 
         "coverage": coverage_summary(suite, outcomes),
         **({"samples": samples} if (samples := continuation_samples(suite, outcomes)) is not None else {}),
     }
+
+
+def diagnose_outcomes(outcomes: Sequence[RunOutcome]) -> dict[Path, dict[str, float | None]]:
+    """experiments/diagnostics.py on every run's final global model, by run folder (relative to the
+    suite's); runs on the same data are measured together so each data set is loaded once, and a
+    shared run is read from the folder of the run it shares."""
+    by_data: dict[tuple, list[RunOutcome]] = {}
+    for o in outcomes:
+        by_data.setdefault(data_key(o.spec.config), []).append(o)
+    out = {}
+    for group in by_data.values():
+        data = load_data(group[0].spec.config)
+        for o in group:
+            cfg = (o.shared_with or o.spec).config
+            out[o.spec.relative_dir] = diagnose_run(cfg, cfg.output_dir, data)
+    return out
 
 
 def run_seconds(outcomes: Sequence[RunOutcome]) -> dict[str, Any]:

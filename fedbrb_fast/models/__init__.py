@@ -3,7 +3,10 @@ any client model is a gather of the global one."""
 
 from __future__ import annotations
 
+import torch
+
 from ..config import CNNConfig, ExperimentConfig, MLPConfig, PreResNetConfig, TransformerConfig
+from ..seeding import STREAM_INIT, torch_generator
 from .cnn import CNN
 from .family import (
     FunctionalView,
@@ -12,6 +15,7 @@ from .family import (
     stacked_forward_of,
     vmapped_forward,
 )
+from .init import tile_first_block
 from .layout import ModelLayout, ParamSpec, Role, extract, full_indices, gather_tensor
 from .mlp import MLP
 from .preresnet import PreResNet
@@ -20,7 +24,8 @@ from .transformer import Transformer
 
 __all__ = ["CNN", "FAMILIES", "MLP", "FunctionalView", "ModelFamily", "ModelLayout", "ParamSpec", "PreResNet",
            "Role", "StackedFamily", "Transformer", "build_family", "build_model", "extract", "full_indices",
-           "gather_tensor", "register_family", "registered_archs", "stacked_forward_of", "vmapped_forward"]
+           "gather_tensor", "initial_params", "register_family", "registered_archs", "stacked_forward_of",
+           "vmapped_forward"]
 
 register_family("mlp", MLPConfig, MLP.from_config)
 register_family("cnn", CNNConfig, CNN.from_config)
@@ -33,3 +38,12 @@ def build_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes
     beta_min (docs/algorithm.md#extraction), so its groups are K times narrower here."""
     model = cfg.model.narrowed(cfg.num_blocks) if cfg.method.name == "fedavg_small" else cfg.model
     return build_family(model, input_shape, num_classes)
+
+
+def initial_params(cfg: ExperimentConfig, model: ModelFamily) -> dict[str, torch.Tensor]:
+    """The global model before round 1: the family's seeded init, with every tile made equal to its
+    first block's under `method.init = "tiled"` (docs/algorithm.md#tiled-init)."""
+    params = model.init(torch_generator(cfg.seed, STREAM_INIT))
+    if cfg.method.init == "tiled":
+        params = tile_first_block(params, model.layout, cfg.num_blocks)
+    return params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -28,6 +29,24 @@ def _init_tensor(spec: ParamSpec, generator: torch.Generator) -> Tensor:
     if spec.role == "embedding":
         return torch.randn(spec.shape, generator=generator)
     raise ValueError(f"{spec.name}: no role, so no initialization (give the ParamSpec a role)")
+
+
+def tile_first_block(params: Mapping[str, Tensor], layout: ModelLayout, num_blocks: int) -> dict[str, Tensor]:
+    """Every tile of every tensor set to the tile at block 0 of each sliced axis (inside each segment
+    of a segmented axis): the K x K copies of one sub-model that weighted broadcast drives the tiles
+    toward (docs/algorithm.md#tiled-init). Unsliced tensors are kept; every tensor is a new copy."""
+    out = {}
+    for spec in layout.params:
+        t = params[spec.name]
+        for axis, g in spec.sliced_axes:
+            d = layout.segment_size(g)
+            if d % num_blocks:
+                raise ValueError(f"{spec.name}: group {g} has {d} channels per segment, not divisible by "
+                                 f"K = {num_blocks} blocks")
+            blocked = t.unflatten(axis, (layout.segments(g), num_blocks, d // num_blocks))
+            t = blocked.narrow(axis + 1, 0, 1).expand_as(blocked).flatten(axis, axis + 2)
+        out[spec.name] = t.clone()
+    return out
 
 
 class InitFromLayout:
