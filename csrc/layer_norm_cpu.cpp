@@ -6,25 +6,40 @@
 #include <cmath>
 #include <cstdint>
 
+namespace {
+// Writes row x normalized into y; returns 1 / std.
+inline float normalize_row(const float *x, float *y, int64_t C, float eps) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < C; c++) sum += x[c];
+    const float mean = sum / float(C);
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < C; c++) sq += (x[c] - mean) * (x[c] - mean);
+    const float inv = 1.0f / std::sqrt(sq / float(C) + eps);
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) y[c] = (x[c] - mean) * inv;
+    return inv;
+}
+
+// mean(dy) and mean(dy * y) over a row.
+inline void gradient_means(const float *y, const float *dy, int64_t C, float *mg, float *mgy) {
+    float g = 0.0f, gy = 0.0f;
+#pragma omp simd reduction(+ : g, gy)
+    for (int64_t c = 0; c < C; c++) {
+        g += dy[c];
+        gy += dy[c] * y[c];
+    }
+    *mg = g / float(C);
+    *mgy = gy / float(C);
+}
+}  // namespace
+
 extern "C" {
 void fedbrb_layer_norm_forward(const float *x, float *y, float *rstd, int64_t rows, int64_t C, float eps,
                                int64_t threads) {
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * C;
-        float *yr = y + r * C;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t c = 0; c < C; c++) sum += xr[c];
-        const float mean = sum / float(C);
-        float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-        for (int64_t c = 0; c < C; c++) sq += (xr[c] - mean) * (xr[c] - mean);
-        const float inv = 1.0f / std::sqrt(sq / float(C) + eps);
-#pragma omp simd
-        for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * inv;
-        rstd[r] = inv;
-    }
+    for (int64_t r = 0; r < rows; r++) rstd[r] = normalize_row(x + r * C, y + r * C, C, eps);
 }
 
 void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows,
@@ -33,13 +48,9 @@ void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *
     for (int64_t r = 0; r < rows; r++) {
         const float *yr = y + r * C, *gr = dy + r * C;
         float *out = dx + r * C;
-        float g = 0.0f, gy = 0.0f;
-#pragma omp simd reduction(+ : g, gy)
-        for (int64_t c = 0; c < C; c++) {
-            g += gr[c];
-            gy += gr[c] * yr[c];
-        }
-        const float mg = g / float(C), mgy = gy / float(C), inv = rstd[r];
+        float mg, mgy;
+        gradient_means(yr, gr, C, &mg, &mgy);
+        const float inv = rstd[r];
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) out[c] = inv * (gr[c] - mg - yr[c] * mgy);
     }
@@ -57,21 +68,10 @@ void fedbrb_layer_norm_shift_forward(const float *x, const float *b, float *y, f
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < N * T; r++) {
         const float *xr = x + r * C, *br = b + (r / T) * C;
-        float *yr = y + r * C, *sr = shifted + r * C;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t c = 0; c < C; c++) sum += xr[c];
-        const float mean = sum / float(C);
-        float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-        for (int64_t c = 0; c < C; c++) sq += (xr[c] - mean) * (xr[c] - mean);
-        const float inv = 1.0f / std::sqrt(sq / float(C) + eps);
+        float *sr = shifted + r * C;
+        rstd[r] = normalize_row(xr, y + r * C, C, eps);
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) {
-            yr[c] = (xr[c] - mean) * inv;
-            sr[c] = xr[c] + br[c];
-        }
-        rstd[r] = inv;
+        for (int64_t c = 0; c < C; c++) sr[c] = xr[c] + br[c];
     }
 }
 
@@ -88,13 +88,9 @@ void fedbrb_layer_norm_shift_backward(const float *y, const float *rstd, const f
         for (int64_t r = n * T + first; r < n * T + last; r++) {
             const float *yr = y + r * C, *gr = dy + r * C, *sr = dshifted + r * C;
             float *out = dx + r * C;
-            float g = 0.0f, gy = 0.0f;
-#pragma omp simd reduction(+ : g, gy)
-            for (int64_t c = 0; c < C; c++) {
-                g += gr[c];
-                gy += gr[c] * yr[c];
-            }
-            const float mg = g / float(C), mgy = gy / float(C), inv = rstd[r];
+            float mg, mgy;
+            gradient_means(yr, gr, C, &mg, &mgy);
+            const float inv = rstd[r];
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) {
                 out[c] = inv * (gr[c] - mg - yr[c] * mgy) + sr[c];

@@ -31,13 +31,9 @@ def bias_gelu_reference(x: Tensor, bias: Tensor) -> Tensor:
 
 def bias_gelu(x: Tensor, bias: Tensor) -> Tensor:
     """The compiled kernel for float32 on the CPU where it is available, else the reference."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and bias.dtype == torch.float32):
-        return bias_gelu_reference(x, bias)
-    reason = cpu_library.unavailable(SOURCE)
-    if reason is not None:
-        cpu_library.warn_fallback("bias + GELU", reason)
-        return bias_gelu_reference(x, bias)
-    return bias_gelu_fused(x, bias)
+    if cpu_library.use_kernel("bias + GELU", _unavailable, x, bias):
+        return bias_gelu_fused(x, bias)
+    return bias_gelu_reference(x, bias)
 
 
 def bias_gelu_fused(x: Tensor, bias: Tensor) -> Tensor:
@@ -48,6 +44,10 @@ def bias_gelu_fused(x: Tensor, bias: Tensor) -> Tensor:
                          f"{bias.dtype} on {bias.device}")
     out: Tensor = _BiasGelu.apply(x, bias)
     return out
+
+
+def _unavailable() -> str | None:
+    return cpu_library.unavailable(SOURCE)
 
 
 @cache

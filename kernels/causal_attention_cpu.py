@@ -50,14 +50,10 @@ def causal_attention(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Ten
     """The lanes kernel where it applies (CPU, float32, head dimension in HEAD_DIMS, a compiled
     library), else the reference."""
     _, _, width = _check_qkv(qkv, heads, bias)
-    floats = qkv.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-    if not (qkv.device.type == "cpu" and floats and width // (3 * heads) in HEAD_DIMS):
-        return causal_attention_reference(qkv, heads, bias)
-    reason = lanes_unavailable()
-    if reason is not None:
-        cpu_library.warn_fallback("causal attention", reason)
-        return causal_attention_reference(qkv, heads, bias)
-    return causal_attention_lanes(qkv, heads, bias)
+    tensors = (qkv,) if bias is None else (qkv, bias)
+    if width // (3 * heads) in HEAD_DIMS and cpu_library.use_kernel("causal attention", lanes_unavailable, *tensors):
+        return causal_attention_lanes(qkv, heads, bias)
+    return causal_attention_reference(qkv, heads, bias)
 
 
 def causal_attention_lanes(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:

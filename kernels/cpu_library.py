@@ -20,9 +20,13 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 CXXFLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
 ENV_SWITCH = "FEDBRB_FAST_CPU_KERNELS"  # "torch": no compiled CPU kernel
@@ -63,11 +67,24 @@ def unavailable(source: str) -> str | None:
     return None
 
 
+def use_kernel(kernel: str, reason_unavailable: Callable[[], str | None], *tensors: Tensor) -> bool:
+    """Whether a dispatcher runs its compiled kernel on `tensors`: they are all float32 on the CPU
+    and the library is available (`reason_unavailable()` is None, asked only then: it compiles on
+    first use). Where only the library is missing, warns once that the reference runs instead."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    reason = reason_unavailable()
+    if reason is not None:
+        warn_fallback(kernel, reason)
+        return False
+    return True
+
+
 @cache
 def warn_fallback(kernel: str, reason: str) -> None:
     """Warns once per kernel and reason that its plain-torch reference runs instead."""
     warnings.warn(f"{kernel}: the compiled CPU kernel is unavailable ({reason}); using its plain-torch "
-                  "reference, which is slower", RuntimeWarning, stacklevel=3)
+                  "reference, which is slower", RuntimeWarning, stacklevel=4)
 
 
 def _cpu_identity() -> str:

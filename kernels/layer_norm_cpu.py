@@ -38,13 +38,9 @@ def layer_norm_reference(x: Tensor, eps: float) -> Tensor:
 
 def layer_norm(x: Tensor, eps: float) -> Tensor:
     """The compiled kernel for float32 on the CPU where it is available, else the reference."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32):
-        return layer_norm_reference(x, eps)
-    reason = cpu_library.unavailable(SOURCE)
-    if reason is not None:
-        cpu_library.warn_fallback("layer norm", reason)
-        return layer_norm_reference(x, eps)
-    return layer_norm_rows(x, eps)
+    if cpu_library.use_kernel("layer norm", _unavailable, x):
+        return layer_norm_rows(x, eps)
+    return layer_norm_reference(x, eps)
 
 
 def layer_norm_rows(x: Tensor, eps: float) -> Tensor:
@@ -62,13 +58,9 @@ def layer_norm_and_shift_reference(x: Tensor, bias: Tensor, eps: float) -> tuple
 
 def layer_norm_and_shift(x: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """The compiled kernel for float32 on the CPU where it is available, else the reference."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and bias.dtype == torch.float32):
-        return layer_norm_and_shift_reference(x, bias, eps)
-    reason = cpu_library.unavailable(SOURCE)
-    if reason is not None:
-        cpu_library.warn_fallback("layer norm", reason)
-        return layer_norm_and_shift_reference(x, bias, eps)
-    return layer_norm_and_shift_rows(x, bias, eps)
+    if cpu_library.use_kernel("layer norm", _unavailable, x, bias):
+        return layer_norm_and_shift_rows(x, bias, eps)
+    return layer_norm_and_shift_reference(x, bias, eps)
 
 
 def layer_norm_and_shift_rows(x: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -79,6 +71,10 @@ def layer_norm_and_shift_rows(x: Tensor, bias: Tensor, eps: float) -> tuple[Tens
                          f"{bias.dtype} on {bias.device}")
     normed, shifted = _LayerNormAndShift.apply(x, bias, eps)
     return normed, shifted
+
+
+def _unavailable() -> str | None:
+    return cpu_library.unavailable(SOURCE)
 
 
 @cache
