@@ -44,10 +44,15 @@ struct LaneMap {
     int32_t offset[W];
     uint32_t real;  // bit t: lane t is a pair
     bool gatherable;  // every offset fits the 32-bit indices of a vector gather
+    // Every lane is a pair and lanes r * W / D ... (r + 1) * W / D - 1 are consecutive heads of one
+    // sequence, stored one after another: a row's W * D elements are D contiguous vectors, which
+    // shuffles turn into lanes and back (simd_cpu.h).
+    bool rows_contiguous;
 };
 
+template <int D>
 LaneMap lane_map(Strides st, int64_t S, int64_t L, int64_t H, int64_t g) {
-    LaneMap m{(g * W / H) * st.s, {}, 0, true};
+    LaneMap m{(g * W / H) * st.s, {}, 0, true, st.h == D && H % (W / D) == 0 && (g + 1) * W <= S * H};
     for (int t = 0; t < W; t++) {
         const int64_t pair = g * W + t;
         if (pair >= S * H) continue;
@@ -62,7 +67,7 @@ LaneMap lane_map(Strides st, int64_t S, int64_t L, int64_t H, int64_t g) {
 // Packs q, k or v of group g into buf [L, D, W] (lane-major).
 template <int D>
 void pack(const Source &src, int64_t S, int64_t L, int64_t H, int64_t g, float *buf) {
-    const LaneMap m = lane_map(src.st, S, L, H, g);
+    const LaneMap m = lane_map<D>(src.st, S, L, H, g);
     float b[D][W] = {};
     for (int t = 0; t < W; t++) {
         const int64_t pair = g * W + t;
@@ -72,6 +77,15 @@ void pack(const Source &src, int64_t S, int64_t L, int64_t H, int64_t g, float *
     vf bias[D];
     for (int d = 0; d < D; d++) bias[d] = load(b[d]);
     const float *x = src.x + m.base;
+    if (m.rows_contiguous) {
+        for (int64_t i = 0; i < L; i++) {
+            vf row[D];
+            for (int r = 0; r < D; r++) row[r] = load(x + m.offset[r * (W / D)] + i * src.st.i);
+            items_to_lanes<D>(row);
+            for (int d = 0; d < D; d++) store(&buf[(i * D + d) * W], (row[d] + bias[d]) * src.mul);
+        }
+        return;
+    }
 #if defined(__AVX512F__)
     if (m.gatherable) {
         const __m512i idx = _mm512_loadu_si512(m.offset);
@@ -97,7 +111,14 @@ void pack(const Source &src, int64_t S, int64_t L, int64_t H, int64_t g, float *
 // Writes row i (D vectors) of group g into x, element (s, i, h, d) at x + s * st.s + i * st.i + h * st.h + d.
 template <int D>
 void unpack_row(const vf *row, const LaneMap &m, Strides st, int64_t i, float *x) {
-    float *dst = x + m.base + i * st.i;  // (a vector scatter measured no faster)
+    float *dst = x + m.base + i * st.i;  // (a vector scatter measured no faster than this loop)
+    if (m.rows_contiguous) {
+        vf items[D];
+        for (int d = 0; d < D; d++) items[d] = row[d];
+        lanes_to_items<D>(items);
+        for (int r = 0; r < D; r++) store(dst + m.offset[r * (W / D)], items[r]);
+        return;
+    }
     float lanes[D][W];
     for (int d = 0; d < D; d++) store(lanes[d], row[d]);
     for (int t = 0; t < W; t++)
@@ -129,7 +150,7 @@ void forward(const Source &q, const Source &k, const Source &v, float *out, floa
         pack<D>(q, S, L, H, g, qb.data());
         pack<D>(k, S, L, H, g, kb.data());
         pack<D>(v, S, L, H, g, vb.data());
-        const LaneMap out_map = lane_map(contiguous, S, L, H, g);
+        const LaneMap out_map = lane_map<D>(contiguous, S, L, H, g);
         vf running = vf{};
         for (int64_t j = 0; j < L; j++) {
             vf sq = vf{};
@@ -180,16 +201,23 @@ void forward(const Source &q, const Source &k, const Source &v, float *out, floa
     }
 }
 
-// Keys outer, so dK and dV of key j stay in registers while dQ accumulates in a buffer.
+// Keys outer, so dK and dV of key j stay in registers while dQ accumulates in a buffer. The
+// queries are taken in blocks of QUERY_ROWS / D rows, so the rows the inner loop sweeps (q, dO
+// and dQ, D vectors each) stay in the L1 cache for every key: over all L rows they would stream
+// from L2 once per key, and that traffic bounded the loop.
+constexpr int64_t QUERY_ROWS = 128;
+
 template <int D>
 void backward(const Source &q, const Source &k, const Source &v, const float *out, const float *dout, Strides gst,
               const float *lse, float *dq, float *dk, float *dv, Strides dst, int64_t S, int64_t L, int64_t H,
               int threads, float scale) {  // q is packed times scale: dK needs no factor, dQ one per row
     const Strides contiguous{L * H * D, H * D, D};
     const int64_t groups = (S * H + W - 1) / W;
+    constexpr int64_t block = QUERY_ROWS / D;
 #pragma omp parallel num_threads(threads)
     {
-    std::vector<float> qb(L * D * W), kb(L * D * W), vb(L * D * W), ob(L * D * W), gb(L * D * W), dqb(L * D * W);
+    std::vector<float> qb(L * D * W), kb(L * D * W), vb(L * D * W), ob(L * D * W), gb(L * D * W);
+    std::vector<float> dqb(L * D * W), dkb(L * D * W), dvb(L * D * W);
     std::vector<vf> di(L);
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < groups; g++) {
@@ -198,54 +226,68 @@ void backward(const Source &q, const Source &k, const Source &v, const float *ou
         pack<D>(v, S, L, H, g, vb.data());
         pack<D>(Source{out, contiguous, nullptr, 0, 1, 1.0f}, S, L, H, g, ob.data());
         pack<D>(Source{dout, gst, nullptr, 0, 1, 1.0f}, S, L, H, g, gb.data());
-        const LaneMap grad_map = lane_map(dst, S, L, H, g);
+        const LaneMap grad_map = lane_map<D>(dst, S, L, H, g);
         for (int64_t i = 0; i < L; i++) {
             vf acc = vf{};
             for (int d = 0; d < D; d++) acc += load(&gb[(i * D + d) * W]) * load(&ob[(i * D + d) * W]);
             di[i] = acc;
         }
         std::fill(dqb.begin(), dqb.end(), 0.0f);
-        for (int64_t j = 0; j < L; j++) {
-            vf kj[D], vj[D], dkj[D], dvj[D];
-            for (int d = 0; d < D; d++) {
-                kj[d] = load(&kb[(j * D + d) * W]);
-                vj[d] = load(&vb[(j * D + d) * W]);
-                dkj[d] = vf{};
-                dvj[d] = vf{};
+        std::fill(dkb.begin(), dkb.end(), 0.0f);
+        std::fill(dvb.begin(), dvb.end(), 0.0f);
+        for (int64_t first = 0; first < L; first += block) {
+            const int64_t end = std::min(L, first + block);
+            for (int64_t j = 0; j < end; j++) {
+                vf kj[D], vj[D], dkj[D], dvj[D];
+                for (int d = 0; d < D; d++) {
+                    kj[d] = load(&kb[(j * D + d) * W]);
+                    vj[d] = load(&vb[(j * D + d) * W]);
+                    dkj[d] = vf{};
+                    dvj[d] = vf{};
+                }
+                const auto rows = [&](int64_t i, auto count) {  // queries i .. i + count - 1, side by side
+                    constexpr int C = decltype(count)::value;
+                    vf p[C], dp[C];
+                    for (int u = 0; u < C; u++) {
+                        vf s = vf{};
+                        dp[u] = vf{};
+                        for (int d = 0; d < D; d++) {
+                            s += load(&qb[((i + u) * D + d) * W]) * kj[d];
+                            dp[u] += load(&gb[((i + u) * D + d) * W]) * vj[d];
+                        }
+                        p[u] = s - load(lse + (g * L + i + u) * W);
+                    }
+                    vexp_n<C>(p);
+                    for (int u = 0; u < C; u++) {
+                        const vf ds = p[u] * (dp[u] - di[i + u]);
+                        for (int d = 0; d < D; d++) {
+                            dvj[d] += p[u] * load(&gb[((i + u) * D + d) * W]);
+                            dkj[d] += ds * load(&qb[((i + u) * D + d) * W]);
+                            float *dqi = &dqb[((i + u) * D + d) * W];
+                            store(dqi, load(dqi) + ds * kj[d]);
+                        }
+                    }
+                };
+                int64_t i = std::max(first, j);
+                for (; i + UNROLL <= end; i += UNROLL) rows(i, std::integral_constant<int, UNROLL>{});
+                for (; i < end; i++) rows(i, std::integral_constant<int, 1>{});
+                for (int d = 0; d < D; d++) {
+                    float *dk_row = &dkb[(j * D + d) * W], *dv_row = &dvb[(j * D + d) * W];
+                    store(dk_row, load(dk_row) + dkj[d]);
+                    store(dv_row, load(dv_row) + dvj[d]);
+                }
             }
-            const auto rows = [&](int64_t i, auto count) {  // queries i .. i + count - 1, side by side
-                constexpr int C = decltype(count)::value;
-                vf p[C], dp[C];
-                for (int u = 0; u < C; u++) {
-                    vf s = vf{};
-                    dp[u] = vf{};
-                    for (int d = 0; d < D; d++) {
-                        s += load(&qb[((i + u) * D + d) * W]) * kj[d];
-                        dp[u] += load(&gb[((i + u) * D + d) * W]) * vj[d];
-                    }
-                    p[u] = s - load(lse + (g * L + i + u) * W);
-                }
-                vexp_n<C>(p);
-                for (int u = 0; u < C; u++) {
-                    const vf ds = p[u] * (dp[u] - di[i + u]);
-                    for (int d = 0; d < D; d++) {
-                        dvj[d] += p[u] * load(&gb[((i + u) * D + d) * W]);
-                        dkj[d] += ds * load(&qb[((i + u) * D + d) * W]);
-                        float *dqi = &dqb[((i + u) * D + d) * W];
-                        store(dqi, load(dqi) + ds * kj[d]);
-                    }
-                }
-            };
-            int64_t i = j;
-            for (; i + UNROLL <= L; i += UNROLL) rows(i, std::integral_constant<int, UNROLL>{});
-            for (; i < L; i++) rows(i, std::integral_constant<int, 1>{});
-            unpack_row<D>(dkj, grad_map, dst, j, dk);
-            unpack_row<D>(dvj, grad_map, dst, j, dv);
         }
         for (int64_t i = 0; i < L; i++) {
-            vf row[D];
-            for (int d = 0; d < D; d++) row[d] = load(&dqb[(i * D + d) * W]) * scale;
-            unpack_row<D>(row, grad_map, dst, i, dq);
+            vf dq_row[D], dk_row[D], dv_row[D];
+            for (int d = 0; d < D; d++) {
+                dq_row[d] = load(&dqb[(i * D + d) * W]) * scale;
+                dk_row[d] = load(&dkb[(i * D + d) * W]);
+                dv_row[d] = load(&dvb[(i * D + d) * W]);
+            }
+            unpack_row<D>(dq_row, grad_map, dst, i, dq);
+            unpack_row<D>(dk_row, grad_map, dst, i, dk);
+            unpack_row<D>(dv_row, grad_map, dst, i, dv);
         }
     }
     }

@@ -31,6 +31,49 @@ inline void store_tail(float *p, vf v, int64_t n) {
     std::memcpy(p, lanes, n * sizeof(float));
 }
 
+// A block of D vectors x[d] (lane t holds element d of item t) to D vectors of W / D whole items
+// each (x[r] holds items r * W / D ... in order, D elements apiece: the items' memory layout), and
+// back: log2(D) stages of two-input shuffles (the perfect shuffle), instead of W * D scalar moves
+// or gathers. D is a power of two at most W.
+inline vf interleave_low(vf a, vf b) {
+    return __builtin_shuffle(a, b, vi{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
+}
+inline vf interleave_high(vf a, vf b) {
+    return __builtin_shuffle(a, b, vi{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
+}
+inline vf even_lanes(vf a, vf b) {
+    return __builtin_shuffle(a, b, vi{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
+}
+inline vf odd_lanes(vf a, vf b) {
+    return __builtin_shuffle(a, b, vi{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+}
+
+template <int D>
+inline void lanes_to_items(vf *x) {
+    static_assert(W == 16 && D >= 1 && D <= W && (D & (D - 1)) == 0, "the shuffles are written for 16 lanes");
+    for (int stage = 1; stage < D; stage *= 2) {
+        vf y[D];
+        for (int j = 0; j < D / 2; j++) {
+            y[2 * j] = interleave_low(x[j], x[j + D / 2]);
+            y[2 * j + 1] = interleave_high(x[j], x[j + D / 2]);
+        }
+        for (int j = 0; j < D; j++) x[j] = y[j];
+    }
+}
+
+template <int D>
+inline void items_to_lanes(vf *x) {
+    static_assert(W == 16 && D >= 1 && D <= W && (D & (D - 1)) == 0, "the shuffles are written for 16 lanes");
+    for (int stage = 1; stage < D; stage *= 2) {
+        vf y[D];
+        for (int j = 0; j < D / 2; j++) {
+            y[j] = even_lanes(x[2 * j], x[2 * j + 1]);
+            y[j + D / 2] = odd_lanes(x[2 * j], x[2 * j + 1]);
+        }
+        for (int j = 0; j < D; j++) x[j] = y[j];
+    }
+}
+
 inline vf vsqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);
@@ -62,14 +105,25 @@ inline vf vrcp(vf x) {
 }
 
 // exp(x) in vector arithmetic (a libm call per lane would not vectorize), x clamped to [-80, 80]
-// (e^-80 ~ 2e-35): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial
-// (relative error < 3e-7), 2^n written into the exponent bits. vexp_n takes N vectors stage by
-// stage: one exponential is a chain of dependent operations, and N independent chains side by
-// side keep the vector units busy where the processor would not look far enough ahead.
+// (e^-80 ~ 2e-35): x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor polynomial, times 2^n.
+// With AVX-512, n is rounded and 2^n applied by one instruction each (roundscale, scalef) and
+// degree 6 suffices (relative error < 2e-7); elsewhere 2^n is written into the exponent bits,
+// degree 7 (< 3e-7). vexp_n takes N vectors stage by stage: one exponential is a chain of
+// dependent operations, and N independent chains side by side keep the vector units busy where
+// the processor would not look far enough ahead.
 template <int N>
 inline void vexp_n(vf *x) {
-    vi n[N];
     vf r[N], p[N];
+#if defined(__AVX512F__)
+    vf n[N];
+    for (int u = 0; u < N; u++) {
+        x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
+        n[u] = (vf)_mm512_roundscale_ps((__m512)(x[u] * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+    }
+    for (int u = 0; u < N; u++) r[u] = x[u] - n[u] * 0.693147180559945309f;
+    for (int u = 0; u < N; u++) p[u] = 1.38888889e-3f * r[u] + 8.33333333e-3f;
+#else
+    vi n[N];
     for (int u = 0; u < N; u++) {
         x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
         n[u] = __builtin_convertvector(x[u] * 1.44269504088896341f + 128.5f, vi) - 128;  // round(x / ln2)
@@ -77,12 +131,17 @@ inline void vexp_n(vf *x) {
     for (int u = 0; u < N; u++) r[u] = x[u] - __builtin_convertvector(n[u], vf) * 0.693147180559945309f;
     for (int u = 0; u < N; u++) p[u] = 1.98412698e-4f * r[u] + 1.38888889e-3f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 8.33333333e-3f;
+#endif
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 4.16666667e-2f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.66666667e-1f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 0.5f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.0f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 1.0f;
+#if defined(__AVX512F__)
+    for (int u = 0; u < N; u++) x[u] = (vf)_mm512_scalef_ps((__m512)p[u], (__m512)n[u]);
+#else
     for (int u = 0; u < N; u++) x[u] = p[u] * (vf)((n[u] + 127) << 23);
+#endif
 }
 
 inline vf vexp(vf x) {

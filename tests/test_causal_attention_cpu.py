@@ -56,9 +56,13 @@ def assert_lanes_match(s: int, length: int, heads: int, dim: int, seed: int, gra
 
 @needs_lanes
 @pytest.mark.parametrize("dim", ca.HEAD_DIMS)
-@pytest.mark.parametrize(("s", "length", "heads"), [(1, 1, 1), (3, 17, 5), (2, 80, 8), (7, 33, 3), (4, 40, 4)])
+@pytest.mark.parametrize(("s", "length", "heads"), [(1, 1, 1), (3, 17, 5), (2, 80, 8), (7, 33, 3), (4, 40, 4),
+                                                    (5, 70, 8)])
 def test_lanes_match_reference_forward_and_backward(s: int, length: int, heads: int, dim: int) -> None:
-    # S * H from 1 (15 padding lanes) to 16 (none) and past one group of 16 lanes
+    # S * H from 1 (15 padding lanes) to 16 (none) and past one group of 16 lanes. Groups whose
+    # lanes are whole runs of heads move rows by shuffles, the others by gathers (heads 8 at 5
+    # sequences: two such groups and a half-padded one); the backward's query blocks (128 / dim
+    # rows) split lengths 17 to 80 once or more.
     grad = torch.randn(s, length, heads * dim, generator=torch.Generator().manual_seed(1))
     assert_lanes_match(s, length, heads, dim, s * 100 + length + dim, grad)
 

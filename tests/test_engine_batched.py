@@ -11,7 +11,7 @@ from fedbrb_fast.data import FederatedData
 from fedbrb_fast.engines import BatchedEngine, ReferenceEngine, RoundContext, Simulation, width_chunks
 from fedbrb_fast.models import CNN, MLP
 from fedbrb_fast.models.layout import extract
-from fedbrb_fast.models.stacked import SliceSet, gather_slices, gather_stacked
+from fedbrb_fast.models.stacked import DistinctSlices, SliceSet, gather_slices, gather_stacked
 from fedbrb_fast.plans import make_round_plans
 from fedbrb_fast.profiling import PhaseTimer
 from fedbrb_fast.seeding import STREAM_TRAIN, torch_generator
@@ -206,12 +206,16 @@ def test_gather_slices_shares_equal_slices(method):
     plans = make_round_plans(method, 2, list(range(12)), [0.25] * 12, group_sizes=model.layout.group_sizes,
                              num_blocks=4, seed=1)
     idx = tuple(torch.stack([p.indices[g] for p in plans]) for g in range(2))
+    memo: DistinctSlices = {}  # shared by every tensor, as the engine gathers them
     for spec in model.layout.params:
         slices = gather_slices(params[spec.name], spec, idx)
         assert torch.equal(slices.stacked(), gather_stacked(params[spec.name], spec, idx))
+        memoized = gather_slices(params[spec.name], spec, idx, memo)
+        assert torch.equal(memoized.unique, slices.unique) and torch.equal(memoized.of_client, slices.of_client)
         groups = [g for g in spec.axis_groups if g is not None]
         distinct = {tuple(torch.cat([idx[g][i] for g in groups]).tolist()) if groups else () for i in range(12)}
         assert len(slices.unique) == len(distinct)
+    assert set(memo) == {tuple(g for g in spec.axis_groups if g is not None) for spec in model.layout.params} - {()}
     shared = len(gather_slices(params["hidden1.weight"], model.layout.spec("hidden1.weight"), idx).unique)
     assert shared == 1 if method == "fedrolex" else 1 < shared <= 12
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..aggregation import ClientBatch
-from ..models.stacked import gather_slices
+from ..models.stacked import DistinctSlices, gather_slices
 from ..plans import ClientPlan
 from ..profiling import PhaseTimer
 from ..training.batched import build_schedule, local_steps, train_stacked
@@ -107,7 +107,8 @@ class BatchedEngine(Engine):
         clients = tuple(p.client for p in chunk)
         with timer.phase("gather"):
             indices = tuple(torch.stack([p.indices[g] for p in chunk]) for g in range(len(chunk[0].indices)))
-            slices = {s.name: gather_slices(global_params[s.name], s, indices).to(self.device)
+            distinct: DistinctSlices = {}
+            slices = {s.name: gather_slices(global_params[s.name], s, indices, distinct).to(self.device)
                       for s in ctx.model.layout.params}
             schedule = build_schedule([ctx.data.client_indices[c] for c in clients], ctx.local.batch_size,
                                       ctx.local.epochs, ctx.seed, ctx.round_idx, clients)

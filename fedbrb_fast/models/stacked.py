@@ -24,9 +24,9 @@ def gather_stacked(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...])
     """[n, *sub_shape]: every client's sub-tensor in one indexing op per tensor, always a fresh
     tensor (trainers update it in place). `indices` are per group [n, k_g]; n is their first
     dimension. Whole axes are never indexed (row gathers run at copy speed)."""
-    n = indices[0].shape[0]
     out_g = spec.axis_groups[0] if tensor.dim() else None
     in_g = spec.axis_groups[1] if tensor.dim() > 1 else None
+    n = indices[out_g if out_g is not None else in_g if in_g is not None else 0].shape[0]
     if out_g is not None and in_g is not None:
         # One row gather over the flattened (out, in) axes: 2.5x faster here than indexing both axes.
         flat_index = indices[out_g].unsqueeze(2) * tensor.shape[1] + indices[in_g].unsqueeze(1)
@@ -57,16 +57,29 @@ class SliceSet:
         return SliceSet(self.unique.to(device), self.of_client.to(device))
 
 
-def gather_slices(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...]) -> SliceSet:
-    """`gather_stacked` that gathers every distinct slice once (`indices` per group [n, k_g])."""
+# Per axis-group tuple: the indices of its distinct slices (its groups cut to them), and each client's slice.
+DistinctSlices = dict[tuple[int, ...], tuple[tuple[Tensor, ...], Tensor]]
+
+
+def gather_slices(tensor: Tensor, spec: ParamSpec, indices: tuple[Tensor, ...],
+                  distinct: DistinctSlices | None = None) -> SliceSet:
+    """`gather_stacked` that gathers every distinct slice once (`indices` per group [n, k_g]).
+    `distinct` memoizes, per axis-group tuple, the distinct slices' indices and which one each
+    client cuts, for the many tensors of one set of `indices` that share their groups (a row
+    unique costs 0.4 ms)."""
     n = indices[0].shape[0]
-    groups = [g for g in spec.axis_groups if g is not None]
+    groups = tuple(g for g in spec.axis_groups if g is not None)
     if not groups:
         return SliceSet(tensor.unsqueeze(0).clone(), torch.zeros(n, dtype=torch.int64))
-    keys = torch.cat([indices[g] for g in groups], dim=1)
-    distinct, of_client = torch.unique(keys, dim=0, return_inverse=True)
-    first = torch.full((len(distinct),), n, dtype=torch.int64).scatter_reduce_(0, of_client, torch.arange(n), "amin")
-    return SliceSet(gather_stacked(tensor, spec, tuple(ix[first] for ix in indices)), of_client)
+    memo = {} if distinct is None else distinct
+    if groups not in memo:
+        keys = torch.cat([indices[g] for g in groups], dim=1)
+        rows, of_client = torch.unique(keys, dim=0, return_inverse=True)
+        first = torch.full((len(rows),), n, dtype=torch.int64).scatter_reduce_(0, of_client, torch.arange(n), "amin")
+        # only the tensor's own groups are read (gather_stacked), so only they are cut to the distinct rows
+        memo[groups] = (tuple(ix[first] if g in groups else ix for g, ix in enumerate(indices)), of_client)
+    sub_indices, of_client = memo[groups]
+    return SliceSet(gather_stacked(tensor, spec, sub_indices), of_client)
 
 
 # (activations [n, b, in], layer name) -> [n, b, out]; lets a trainer intercept linear layers.
