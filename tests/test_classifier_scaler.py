@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_engine_batched import assert_rounds_match, make_data
 
-from fedbrb_fast.config import ConfigError, config_from_dict, config_to_toml
+from fedbrb_fast.config import ConfigError, ExperimentConfig, MLPConfig, config_from_dict, config_to_toml
 from fedbrb_fast.models import MLP, build_model, extract, tile_first_block
 from fedbrb_fast.models.family import relu_chain_of
 from fedbrb_fast.plans import fedbrb_indices
@@ -25,13 +25,18 @@ def test_scales_the_classifier_input_only_in_training():
     assert torch.allclose(off.forward(p, x, beta=0.25, train=True), torch.full((1, 2), 7.0))
 
 
+def _mlp(cfg: ExperimentConfig) -> MLP:
+    model = build_model(cfg, (8,), 3)
+    assert isinstance(model, MLP) and isinstance(cfg.model, MLPConfig)
+    return model
+
+
 def test_default_is_off_unwritten_and_the_config_carries_it():
     default = config_from_dict({})
-    assert not default.model.classifier_scaler
-    assert not build_model(default, (8,), 3).classifier_scaler
+    assert isinstance(default.model, MLPConfig) and not default.model.classifier_scaler
+    assert not _mlp(default).classifier_scaler
     assert "classifier_scaler" not in config_to_toml(default)  # earlier runs' configs still match
-    cfg = config_from_dict({"model": {"arch": "mlp", "classifier_scaler": True}})
-    assert build_model(cfg, (8,), 3).classifier_scaler is True
+    assert _mlp(config_from_dict({"model": {"arch": "mlp", "classifier_scaler": True}})).classifier_scaler is True
     with pytest.raises(ConfigError, match="classifier_scaler"):  # an MLP option only
         config_from_dict({"model": {"arch": "cnn", "classifier_scaler": True}})
 
