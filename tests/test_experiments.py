@@ -123,7 +123,7 @@ REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(
                   "mnist5k_preresnet18.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
                                                "lam_constant": "broadcast-weight", "lam_decay": "lam schedule",
                                                "diagonal": "(diagonal)"},
-                  "shakespeare_transformer.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
+                  "shakespeare_transformer_multistep.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
                                                    "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"}}
 METHOD_NAMES = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg")
 ROLE_NAMES = {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_only"}
