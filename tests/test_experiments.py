@@ -122,7 +122,7 @@ ABLATION_SUITES = ("mnist1d_mlp_ablations.toml", "mnist1d_mlp_ablations_dir.toml
 REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(diagonal)"},
                   "mnist5k_preresnet18.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
                                                "lam_constant": "broadcast-weight", "lam_decay": "lam schedule",
-                                               "diagonal": "(diagonal)"},
+                                               "diagonal": "(diagonal)", "smallest_only": "smallest-width"},
                   "shakespeare_transformer_multistep.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
                                                    "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"}}
 METHOD_NAMES = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg")
