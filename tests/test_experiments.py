@@ -122,7 +122,8 @@ ABLATION_SUITES = ("mnist1d_mlp_ablations.toml", "mnist1d_mlp_ablations_dir.toml
 REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(diagonal)"},
                   "mnist5k_preresnet18.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
                                                "lam_constant": "broadcast-weight", "lam_decay": "lam schedule",
-                                               "diagonal": "(diagonal)", "smallest_only": "smallest-width"},
+                                               "diagonal": "(diagonal)", "smallest_only": "smallest-width",
+                                               "seed 2": "2 seeds (0 and 1), not 3"},
                   "shakespeare_transformer_multistep.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
                                                    "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"}}
 METHOD_NAMES = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg")
@@ -134,11 +135,11 @@ ROLE_NAMES = {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_onl
 def test_example_suites_are_valid(tmp_path, path):
     suite = load_suite(path)
     runs = expand_runs(suite, tmp_path)
-    assert {r.seed for r in runs} == {0, 1, 2}
     left_out = REDUCED_SUITES.get(path.name, {})
+    assert {r.seed for r in runs} == ({0, 1} if "seed 2" in left_out else {0, 1, 2})
     for method in METHOD_NAMES:
         assert any(r.arm == method for r in runs) != (method in left_out), method
-    assert set(suite.roles) == ROLE_NAMES - set(left_out)
+    assert set(suite.roles) == ROLE_NAMES - set(left_out)  # (a role is never named "seed 2")
     for what, words in left_out.items():  # a reduced suite says what it left out
         assert words in suite.description, what
     assert {r.config.train.engine for r in runs} == {"batched"}
