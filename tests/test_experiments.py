@@ -120,7 +120,7 @@ def test_expansion_orders_overrides_and_names_folders(tmp_path):
 ABLATION_SUITES = ("mnist1d_mlp_ablations.toml", "mnist1d_mlp_ablations_dir.toml")  # fewer methods, by design
 # Fitted to 30 minutes on one thread: what each leaves out, and the words its description names it with.
 REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(diagonal)"},
-                  "mnist5k_preresnet18.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
+                  "mnist5k_preresnet18_multistep.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
                                                "lam_constant": "broadcast-weight", "lam_decay": "lam schedule",
                                                "diagonal": "(diagonal)", "smallest_only": "smallest-width",
                                                "seed 2": "2 seeds (0 and 1), not 3"},
