@@ -151,6 +151,12 @@ class ChainConfig(NormedConfig):
 class MLPConfig(ChainConfig):
     arch: Literal["mlp"] = "mlp"
     default_hidden = (256, 256)
+    # None, not False, when off: a config that leaves it unset serializes as before the option existed, so
+    # earlier run folders still count as runs of the same config
+    classifier_scaler: bool | None = Field(
+        None, description="true: while a client trains, divide the classifier's input by its width ratio too, so "
+        "a sub-model's logits have the scale of the global model's (docs/algorithm.md#classifier-scaler); unset or "
+        "false: off (the SPEC)")
 
 
 class CNNConfig(ChainConfig):

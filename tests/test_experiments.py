@@ -117,7 +117,17 @@ def test_expansion_orders_overrides_and_names_folders(tmp_path):
     assert {r.seed for r in quick} == {0} and {r.config.rounds for r in quick} == {3}
 
 
-ABLATION_SUITES = ("mnist1d_mlp_ablations.toml",)  # compare fewer methods, by design (their descriptions say so)
+ABLATION_SUITES = ("mnist1d_mlp_ablations.toml", "mnist1d_mlp_ablations_dir.toml")  # fewer methods, by design
+# Fitted to 30 minutes on one thread: what each leaves out, and the words its description names it with.
+REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(diagonal)"},
+                  "mnist5k_preresnet18_multistep.toml": {"fd": "Federated Dropout", "lam_zero": "broadcast-weight",
+                                               "lam_constant": "broadcast-weight", "lam_decay": "lam schedule",
+                                               "diagonal": "(diagonal)", "smallest_only": "smallest-width",
+                                               "seed 2": "2 seeds (0 and 1), not 3"},
+                  "shakespeare_transformer_multistep.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
+                                                   "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"}}
+METHOD_NAMES = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg")
+ROLE_NAMES = {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_only"}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in EXAMPLES.glob("*.toml") if p.name not in ABLATION_SUITES),
@@ -125,10 +135,13 @@ ABLATION_SUITES = ("mnist1d_mlp_ablations.toml",)  # compare fewer methods, by d
 def test_example_suites_are_valid(tmp_path, path):
     suite = load_suite(path)
     runs = expand_runs(suite, tmp_path)
-    assert {r.seed for r in runs} == {0, 1, 2}
-    for method in ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg"):
-        assert any(r.arm == method for r in runs)
-    assert set(suite.roles) == {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_only"}
+    left_out = REDUCED_SUITES.get(path.name, {})
+    assert {r.seed for r in runs} == ({0, 1} if "seed 2" in left_out else {0, 1, 2})
+    for method in METHOD_NAMES:
+        assert any(r.arm == method for r in runs) != (method in left_out), method
+    assert set(suite.roles) == ROLE_NAMES - set(left_out)  # (a role is never named "seed 2")
+    for what, words in left_out.items():  # a reduced suite says what it left out
+        assert words in suite.description, what
     assert {r.config.train.engine for r in runs} == {"batched"}
 
 
@@ -148,6 +161,22 @@ def test_the_ablation_suite_varies_the_norm_scaler_and_init_around_mnist1d_mlp_l
     assert {r.scenario for r in runs if not r.config.model.scaler} == {"gn", "none"}
     assert {r.arm for r in runs if r.config.method.init == "tiled"} == {"fedbrb_tiled", "fedbrb_tiled_noscaler"}
     assert {r.seed for r in runs} == {0, 1, 2} and len(runs) == 3 * (7 + 5 + 5 + 8)
+
+
+def test_the_dirichlet_ablation_suite_is_mnist1d_mlp_long_dir_with_the_classifier_scaler(tmp_path):
+    suite = load_suite(EXAMPLES / "mnist1d_mlp_ablations_dir.toml")
+    runs = expand_runs(suite, tmp_path)
+    long = {r.arm: r.config for r in expand_runs(load_suite(EXAMPLES / "mnist1d_mlp_long.toml"), tmp_path / "l")
+            if r.scenario == "dir0.3_w8" and r.seed == 0}
+    gn = {r.arm: r.config for r in runs if r.scenario == "gn" and r.seed == 0}
+    for method in ("fedbrb", "heterofl", "fedavg_small", "fedavg"):  # scenario gn is mnist1d_mlp_long's dir0.3_w8
+        assert gn[method].model_copy(update={"name": "", "output_dir": ""}) == long[method].model_copy(
+            update={"name": "", "output_dir": ""})
+    assert suite.diagnose and {r.config.data.partition for r in runs} == {"dirichlet"}
+    scaled = {(r.scenario, r.arm) for r in runs if isinstance(r.config.model, MLPConfig) and
+              r.config.model.classifier_scaler}
+    assert scaled == {("gn", "fedbrb_clfscaler"), ("gn", "fedbrb_tiled_clfscaler")}
+    assert {r.seed for r in runs} == {0, 1, 2} and len(runs) == 3 * (9 + 8)
 
 
 # --- statistics --------------------------------------------------------------------------------

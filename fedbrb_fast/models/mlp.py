@@ -1,4 +1,4 @@
-"""MLP: input -> [Linear -> scaler -> norm -> ReLU] per hidden group -> Linear to the classes."""
+"""MLP: input -> [Linear -> scaler -> norm -> ReLU] per hidden group -> (classifier scaler) -> Linear to the classes."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ class MLP(InitFromLayout):
     input_layer: str | None = "hidden0"
 
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, *, norm: str = "none",
-                 norm_groups: int = 4, scaler: bool = True) -> None:
+                 norm_groups: int = 4, scaler: bool = True, classifier_scaler: bool = False) -> None:
         self.in_features, self.hidden, self.num_classes = in_features, list(hidden), num_classes
         self.norm, self.norm_groups, self.scaler = norm, norm_groups, scaler
+        self.classifier_scaler = classifier_scaler  # docs/algorithm.md#classifier-scaler
         self.layout = chain_layout(in_features, hidden, num_classes, norm)
         self.stacked_linears = {name: LinearLayer(f"{name}.weight", f"{name}.bias")
                                 for name in [*(f"hidden{g}" for g in range(len(hidden))), "out"]}
@@ -34,10 +35,12 @@ class MLP(InitFromLayout):
     @classmethod
     def from_config(cls, cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> MLP:
         return cls(math.prod(input_shape), cfg.hidden_sizes, num_classes, norm=cfg.norm, norm_groups=cfg.norm_groups,
-                   scaler=cfg.scaler)
+                   scaler=cfg.scaler, classifier_scaler=bool(cfg.classifier_scaler))
 
     def relu_chain(self) -> ReluChain | None:
-        return ReluChain(tuple(self.stacked_linears.values()), self.scaler) if self.norm == "none" else None
+        # the client-major kernel scales hidden layers only: with the classifier scaler, the stacked path
+        plain = self.norm == "none" and not self.classifier_scaler
+        return ReluChain(tuple(self.stacked_linears.values()), self.scaler) if plain else None
 
     def forward(self, params: Mapping[str, Tensor], x: Tensor, *, beta: float = 1.0, train: bool = False,
                 mask: Tensor | None = None) -> Tensor:
@@ -48,6 +51,7 @@ class MLP(InitFromLayout):
             h = normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"), self.norm_groups,
                           fused=not train, mask=mask)
             h = F.relu(h)
+        h = scale_activation(h, beta=beta, train=train, scaler=self.classifier_scaler)
         return F.linear(h, params["out.weight"], params["out.bias"])
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, *, beta: float = 1.0,
@@ -62,6 +66,7 @@ class MLP(InitFromLayout):
             h = stacked_normalize(h, self.norm, params.get(f"norm{g}.weight"), params.get(f"norm{g}.bias"),
                                   self.norm_groups, mask)
             h = F.relu(h)
+        h = scale_activation(h, beta=beta, train=train, scaler=self.classifier_scaler)
         return linear(h, "out")
 
     def flops_per_sample(self, widths: Sequence[int], input_shape: tuple[int, ...]) -> int:
