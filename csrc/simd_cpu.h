@@ -114,20 +114,17 @@ inline vf vrcp(vf x) {
 template <int N>
 inline void vexp_n(vf *x) {
     vf r[N], p[N];
+    for (int u = 0; u < N; u++) x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
 #if defined(__AVX512F__)
     vf n[N];
-    for (int u = 0; u < N; u++) {
-        x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
+    for (int u = 0; u < N; u++)
         n[u] = (vf)_mm512_roundscale_ps((__m512)(x[u] * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
-    }
     for (int u = 0; u < N; u++) r[u] = x[u] - n[u] * 0.693147180559945309f;
     for (int u = 0; u < N; u++) p[u] = 1.38888889e-3f * r[u] + 8.33333333e-3f;
 #else
     vi n[N];
-    for (int u = 0; u < N; u++) {
-        x[u] = vmin(vmax(x[u], splat(-80.0f)), splat(80.0f));
+    for (int u = 0; u < N; u++)
         n[u] = __builtin_convertvector(x[u] * 1.44269504088896341f + 128.5f, vi) - 128;  // round(x / ln2)
-    }
     for (int u = 0; u < N; u++) r[u] = x[u] - __builtin_convertvector(n[u], vf) * 0.693147180559945309f;
     for (int u = 0; u < N; u++) p[u] = 1.98412698e-4f * r[u] + 1.38888889e-3f;
     for (int u = 0; u < N; u++) p[u] = p[u] * r[u] + 8.33333333e-3f;
