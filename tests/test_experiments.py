@@ -145,15 +145,20 @@ def test_example_suites_are_valid(tmp_path, path):
     assert {r.config.train.engine for r in runs} == {"batched"}
 
 
+def assert_gn_is_mnist1d_mlp_long(runs, scenario, tmp_path):
+    """An ablation suite's scenario gn runs the methods exactly as mnist1d_mlp_long's `scenario`."""
+    long = {r.arm: r.config for r in expand_runs(load_suite(EXAMPLES / "mnist1d_mlp_long.toml"), tmp_path / "l")
+            if r.scenario == scenario and r.seed == 0}
+    gn = {r.arm: r.config for r in runs if r.scenario == "gn" and r.seed == 0}
+    for method in ("fedbrb", "heterofl", "fedavg_small", "fedavg"):
+        assert gn[method].model_copy(update={"name": "", "output_dir": ""}) == long[method].model_copy(
+            update={"name": "", "output_dir": ""}), method
+
+
 def test_the_ablation_suite_varies_the_norm_scaler_and_init_around_mnist1d_mlp_long(tmp_path):
     suite = load_suite(EXAMPLES / "mnist1d_mlp_ablations.toml")
     runs = expand_runs(suite, tmp_path)
-    long = {r.arm: r.config for r in expand_runs(load_suite(EXAMPLES / "mnist1d_mlp_long.toml"), tmp_path / "l")
-            if r.scenario == "iid_w8" and r.seed == 0}
-    gn = {r.arm: r.config for r in runs if r.scenario == "gn" and r.seed == 0}
-    for method in ("fedbrb", "heterofl", "fedavg_small", "fedavg"):  # scenario gn is mnist1d_mlp_long's iid_w8
-        assert gn[method].model_copy(update={"name": "", "output_dir": ""}) == long[method].model_copy(
-            update={"name": "", "output_dir": ""})
+    assert_gn_is_mnist1d_mlp_long(runs, "iid_w8", tmp_path)
     assert suite.diagnose and suite.roles == {"tiled_init": "fedbrb_tiled"}
     models = {r.scenario: r.config.model for r in runs if r.arm == "fedavg"}
     norms = {name: (m.norm, m.norm_groups) for name, m in models.items() if isinstance(m, MLPConfig)}
@@ -166,12 +171,7 @@ def test_the_ablation_suite_varies_the_norm_scaler_and_init_around_mnist1d_mlp_l
 def test_the_dirichlet_ablation_suite_is_mnist1d_mlp_long_dir_with_the_classifier_scaler(tmp_path):
     suite = load_suite(EXAMPLES / "mnist1d_mlp_ablations_dir.toml")
     runs = expand_runs(suite, tmp_path)
-    long = {r.arm: r.config for r in expand_runs(load_suite(EXAMPLES / "mnist1d_mlp_long.toml"), tmp_path / "l")
-            if r.scenario == "dir0.3_w8" and r.seed == 0}
-    gn = {r.arm: r.config for r in runs if r.scenario == "gn" and r.seed == 0}
-    for method in ("fedbrb", "heterofl", "fedavg_small", "fedavg"):  # scenario gn is mnist1d_mlp_long's dir0.3_w8
-        assert gn[method].model_copy(update={"name": "", "output_dir": ""}) == long[method].model_copy(
-            update={"name": "", "output_dir": ""})
+    assert_gn_is_mnist1d_mlp_long(runs, "dir0.3_w8", tmp_path)
     assert suite.diagnose and {r.config.data.partition for r in runs} == {"dirichlet"}
     scaled = {(r.scenario, r.arm) for r in runs if isinstance(r.config.model, MLPConfig) and
               r.config.model.classifier_scaler}
