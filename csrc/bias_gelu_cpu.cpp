@@ -7,7 +7,6 @@
 // reuses for phi(z) = exp(-z^2 / 2) / sqrt(2 pi).
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "simd_cpu.h"
 
@@ -38,14 +37,6 @@ inline void normal_cdf_n(const vf *z, vf *cdf, vf *pdf) {
 
 constexpr int ROWS = 4;  // rows computed side by side
 
-// Calls f(row, count) for blocks of ROWS rows in [first, last), then single rows.
-template <class F>
-inline void row_blocks(int64_t first, int64_t last, F f) {
-    int64_t r = first;
-    for (; r + ROWS <= last; r += ROWS) f(r, std::integral_constant<int, ROWS>{});
-    for (; r < last; r++) f(r, std::integral_constant<int, 1>{});
-}
-
 inline vf load_n(const float *p, int64_t n) { return n == W ? load(p) : load_tail(p, n); }
 inline void store_n(float *p, vf v, int64_t n) {
     if (n == W) store(p, v);
@@ -59,7 +50,7 @@ void fedbrb_bias_gelu_forward(const float *x, const float *b, float *y, int64_t 
     const int64_t blocks = (N * T + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t block = 0; block < blocks; block++) {
-        row_blocks(block * ROWS, std::min((block + 1) * ROWS, N * T), [&](int64_t row, auto count) {
+        row_blocks<ROWS>(block * ROWS, std::min((block + 1) * ROWS, N * T), [&](int64_t row, auto count) {
             constexpr int R = decltype(count)::value;
             for (int64_t c = 0; c < C; c += W) {
                 const int64_t n = std::min<int64_t>(W, C - c);
@@ -83,7 +74,7 @@ void fedbrb_bias_gelu_backward(const float *x, const float *b, const float *dy, 
         const float *br = b + n * C;
         float *acc = db_parts + task * C;
         std::fill(acc, acc + C, 0.0f);
-        row_blocks(n * T + first, n * T + std::min(first + rows_per_part, T), [&](int64_t row, auto count) {
+        row_blocks<ROWS>(n * T + first, n * T + std::min(first + rows_per_part, T), [&](int64_t row, auto count) {
             constexpr int R = decltype(count)::value;
             for (int64_t c = 0; c < C; c += W) {
                 const int64_t w = std::min<int64_t>(W, C - c);

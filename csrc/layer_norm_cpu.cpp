@@ -3,10 +3,23 @@
 // kernel spends more on its per-row set-up than on the row; here a row is a few vector operations.
 // The backward takes the forward's output y (the next GEMM saves it anyway) and 1 / std per row:
 // dx = rstd * (dy - mean(dy) - y * mean(dy * y)).
+//
+// Rows of V = C / W <= 4 whole vectors stay in registers, ROWS of them side by side, their sums
+// taken across lanes by a butterfly (all_lanes_sum); other widths take the scalar loops.
 #include <cmath>
 #include <cstdint>
 
+#include "simd_cpu.h"
+
 namespace {
+using namespace fedbrb;
+
+constexpr int ROWS = 4;         // rows computed side by side
+constexpr int MAX_VECTORS = 4;  // widths up to 64 floats are held in registers
+
+// C / W where a row is at most MAX_VECTORS whole vectors, else 0 (the scalar loops).
+inline int vectors_per_row(int64_t C) { return C % W == 0 && C <= MAX_VECTORS * W ? int(C / W) : 0; }
+
 // Writes row x normalized into y; returns 1 / std.
 inline float normalize_row(const float *x, float *y, int64_t C, float eps) {
     float sum = 0.0f;
@@ -22,6 +35,51 @@ inline float normalize_row(const float *x, float *y, int64_t C, float eps) {
     return inv;
 }
 
+// Rows r .. r + R - 1 of V vectors: y = LN(x) and rstd; with `bias` (one row per group of T rows),
+// also shifted = x + bias.
+template <int V, int R>
+inline void normalize_rows(const float *x, float *y, float *rstd, int64_t r, float eps, const float *bias,
+                           float *shifted, int64_t T) {
+    constexpr int C = V * W;
+    vf v[R][V], mean[R], sq[R];
+    for (int u = 0; u < R; u++) {
+        const int64_t at = (r + u) * C;
+        vf sum{};
+        for (int j = 0; j < V; j++) {
+            v[u][j] = load(x + at + j * W);
+            sum += v[u][j];
+            if (bias) store(shifted + at + j * W, v[u][j] + load(bias + (r + u) / T * C + j * W));
+        }
+        mean[u] = all_lanes_sum(sum) * (1.0f / C);
+    }
+    for (int u = 0; u < R; u++) {
+        vf s{};
+        for (int j = 0; j < V; j++) {
+            v[u][j] -= mean[u];
+            s += v[u][j] * v[u][j];
+        }
+        sq[u] = all_lanes_sum(s);
+    }
+    for (int u = 0; u < R; u++) {
+        const vf inv = vrsqrt(sq[u] * (1.0f / C) + eps);
+        rstd[r + u] = inv[0];
+        for (int j = 0; j < V; j++) store(y + (r + u) * C + j * W, v[u][j] * inv);
+    }
+}
+
+template <int V>
+void forward_vectors(const float *x, const float *bias, float *y, float *shifted, float *rstd, int64_t rows,
+                     int64_t T, float eps, int64_t threads) {
+    const int64_t blocks = (rows + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t last = block * ROWS + ROWS < rows ? block * ROWS + ROWS : rows;
+        row_blocks<ROWS>(block * ROWS, last, [&](int64_t r, auto count) {
+            normalize_rows<V, decltype(count)::value>(x, y, rstd, r, eps, bias, shifted, T);
+        });
+    }
+}
+
 // mean(dy) and mean(dy * y) over a row.
 inline void gradient_means(const float *y, const float *dy, int64_t C, float *mg, float *mgy) {
     float g = 0.0f, gy = 0.0f;
@@ -33,17 +91,90 @@ inline void gradient_means(const float *y, const float *dy, int64_t C, float *mg
     *mg = g / float(C);
     *mgy = gy / float(C);
 }
+
+// dx of rows r .. r + R - 1 of V vectors; with `dshifted`, plus its rows, which are added to acc.
+template <int V, int R>
+inline void normalize_rows_backward(const float *y, const float *rstd, const float *dy, float *dx, int64_t r,
+                                    const float *dshifted, vf *acc) {
+    constexpr int C = V * W;
+    vf g[R][V], yv[R][V], mg[R], mgy[R];
+    for (int u = 0; u < R; u++) {
+        vf sg{}, sgy{};
+        for (int j = 0; j < V; j++) {
+            g[u][j] = load(dy + (r + u) * C + j * W);
+            yv[u][j] = load(y + (r + u) * C + j * W);
+            sg += g[u][j];
+            sgy += g[u][j] * yv[u][j];
+        }
+        mg[u] = all_lanes_sum(sg) * (1.0f / C);
+        mgy[u] = all_lanes_sum(sgy) * (1.0f / C);
+    }
+    for (int u = 0; u < R; u++) {
+        const vf inv = splat(rstd[r + u]);
+        for (int j = 0; j < V; j++) {
+            vf out = inv * (g[u][j] - mg[u] - yv[u][j] * mgy[u]);
+            if (dshifted) {
+                const vf ds = load(dshifted + (r + u) * C + j * W);
+                out += ds;
+                acc[j] += ds;
+            }
+            store(dx + (r + u) * C + j * W, out);
+        }
+    }
+}
+
+template <int V>
+void backward_vectors(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows, int64_t threads) {
+    const int64_t blocks = (rows + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t last = block * ROWS + ROWS < rows ? block * ROWS + ROWS : rows;
+        row_blocks<ROWS>(block * ROWS, last, [&](int64_t r, auto count) {
+            normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, nullptr, nullptr);
+        });
+    }
+}
+
+template <int V>
+void shift_backward_vectors(const float *y, const float *rstd, const float *dy, const float *dshifted, float *dx,
+                            float *db_parts, int64_t N, int64_t T, int64_t rows_per_part, int64_t threads) {
+    const int64_t parts = (T + rows_per_part - 1) / rows_per_part;
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t task = 0; task < N * parts; task++) {
+        const int64_t n = task / parts, first = (task % parts) * rows_per_part;
+        const int64_t last = first + rows_per_part < T ? first + rows_per_part : T;
+        vf acc[V] = {};
+        row_blocks<ROWS>(n * T + first, n * T + last, [&](int64_t r, auto count) {
+            normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, dshifted, acc);
+        });
+        for (int j = 0; j < V; j++) store(db_parts + task * V * W + j * W, acc[j]);
+    }
+}
 }  // namespace
 
 extern "C" {
 void fedbrb_layer_norm_forward(const float *x, float *y, float *rstd, int64_t rows, int64_t C, float eps,
                                int64_t threads) {
+    switch (vectors_per_row(C)) {
+        case 1: return forward_vectors<1>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
+        case 2: return forward_vectors<2>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
+        case 3: return forward_vectors<3>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
+        case 4: return forward_vectors<4>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
+        default: break;
+    }
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < rows; r++) rstd[r] = normalize_row(x + r * C, y + r * C, C, eps);
 }
 
 void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows,
                                 int64_t C, int64_t threads) {
+    switch (vectors_per_row(C)) {
+        case 1: return backward_vectors<1>(y, rstd, dy, dx, rows, threads);
+        case 2: return backward_vectors<2>(y, rstd, dy, dx, rows, threads);
+        case 3: return backward_vectors<3>(y, rstd, dy, dx, rows, threads);
+        case 4: return backward_vectors<4>(y, rstd, dy, dx, rows, threads);
+        default: break;
+    }
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *yr = y + r * C, *gr = dy + r * C;
@@ -65,6 +196,13 @@ void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *
 extern "C" {
 void fedbrb_layer_norm_shift_forward(const float *x, const float *b, float *y, float *shifted, float *rstd, int64_t N,
                                      int64_t T, int64_t C, float eps, int64_t threads) {
+    switch (vectors_per_row(C)) {
+        case 1: return forward_vectors<1>(x, b, y, shifted, rstd, N * T, T, eps, threads);
+        case 2: return forward_vectors<2>(x, b, y, shifted, rstd, N * T, T, eps, threads);
+        case 3: return forward_vectors<3>(x, b, y, shifted, rstd, N * T, T, eps, threads);
+        case 4: return forward_vectors<4>(x, b, y, shifted, rstd, N * T, T, eps, threads);
+        default: break;
+    }
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < N * T; r++) {
         const float *xr = x + r * C, *br = b + (r / T) * C;
@@ -78,6 +216,13 @@ void fedbrb_layer_norm_shift_forward(const float *x, const float *b, float *y, f
 void fedbrb_layer_norm_shift_backward(const float *y, const float *rstd, const float *dy, const float *dshifted,
                                       float *dx, float *db_parts, int64_t N, int64_t T, int64_t C,
                                       int64_t rows_per_part, int64_t threads) {
+    switch (vectors_per_row(C)) {
+        case 1: return shift_backward_vectors<1>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
+        case 2: return shift_backward_vectors<2>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
+        case 3: return shift_backward_vectors<3>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
+        case 4: return shift_backward_vectors<4>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
+        default: break;
+    }
     const int64_t parts = (T + rows_per_part - 1) / rows_per_part;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t task = 0; task < N * parts; task++) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <climits>
 #include <cstring>
+#include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -74,6 +75,26 @@ inline void items_to_lanes(vf *x) {
     }
 }
 
+// The sum of v's lanes, in every lane: a butterfly over lane partners i ^ 8, 4, 2, 1, so each
+// pair of lanes adds the same two values and every lane ends with the same bits.
+inline vf all_lanes_sum(vf v) {
+    static_assert(W == 16, "the butterfly is written for 16 lanes");
+    v += __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    v += __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    v += __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    return v + __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+}
+
+// Calls f(row, std::integral_constant<int, R>) for blocks of R rows in [first, last), then
+// f(row, std::integral_constant<int, 1>) for the rows left: R rows side by side give the
+// processor independent chains to interleave.
+template <int R, class F>
+inline void row_blocks(int64_t first, int64_t last, F f) {
+    int64_t r = first;
+    for (; r + R <= last; r += R) f(r, std::integral_constant<int, R>{});
+    for (; r < last; r++) f(r, std::integral_constant<int, 1>{});
+}
+
 inline vf vsqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);
@@ -82,6 +103,17 @@ inline vf vsqrt(vf x) {
     store(lanes, x);
     for (int t = 0; t < W; t++) lanes[t] = __builtin_sqrtf(lanes[t]);
     return load(lanes);
+#endif
+}
+
+// 1 / sqrt(x) for x > 0: AVX-512's 14-bit estimate and one Newton step (~2 ulp), else a square
+// root and a division.
+inline vf vrsqrt(vf x) {
+#if defined(__AVX512F__)
+    const vf r = (vf)_mm512_rsqrt14_ps((__m512)x);
+    return r * (1.5f - 0.5f * x * r * r);
+#else
+    return 1.0f / vsqrt(x);
 #endif
 }
 

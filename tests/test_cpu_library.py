@@ -85,9 +85,13 @@ def test_the_portable_code_paths_match_the_references(fresh_cpu_kernels: Path, m
     qkv, bias = torch.randn(6, 20, 36, generator=g), torch.randn(3, 36, generator=g)
     torch.testing.assert_close(causal_attention_cpu.causal_attention_lanes(qkv, 3, bias),
                                causal_attention_cpu.causal_attention_reference(qkv, 3, bias), rtol=2e-5, atol=2e-5)
-    x = torch.randn(7, 33, generator=g)
-    torch.testing.assert_close(layer_norm_cpu.layer_norm_rows(x, 1e-5), layer_norm_cpu.layer_norm_reference(x, 1e-5),
-                               rtol=1e-5, atol=2e-6)
+    for x in (torch.randn(7, 33, generator=g), torch.randn(9, 32, generator=g)):  # scalar loops, register rows
+        torch.testing.assert_close(layer_norm_cpu.layer_norm_rows(x, 1e-5),
+                                   layer_norm_cpu.layer_norm_reference(x, 1e-5), rtol=1e-5, atol=2e-6)
+    x, shift = torch.randn(2, 7, 48, generator=g), torch.randn(2, 48, generator=g)
+    for got, want in zip(layer_norm_cpu.layer_norm_and_shift_rows(x, shift, 1e-5),
+                         layer_norm_cpu.layer_norm_and_shift_reference(x, shift, 1e-5), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
     z, b = torch.randn(2, 5, 37, generator=g) * 3, torch.randn(2, 37, generator=g)
     torch.testing.assert_close(bias_gelu_cpu.bias_gelu_fused(z, b), bias_gelu_cpu.bias_gelu_reference(z, b),
                                rtol=1e-5, atol=2e-6)
