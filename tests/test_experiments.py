@@ -125,7 +125,10 @@ REDUCED_SUITES = {"mnist5k_cnn.toml": {"fd": "Federated Dropout", "diagonal": "(
                                                "diagonal": "(diagonal)", "smallest_only": "smallest-width",
                                                "seed 2": "2 seeds (0 and 1), not 3"},
                   "shakespeare_transformer_multistep.toml": {"fd": "Federated Dropout", "lam_decay": "only lam = 0",
-                                                   "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"}}
+                                                   "diagonal": "only lam = 0", "smallest_only": "claim-(ii)"},
+                  "shakespeare_transformer_local5.toml": {"fd": "Federated Dropout", "lam_decay": "lam schedule",
+                                                "diagonal": "(diagonal)", "smallest_only": "claim-(ii)",
+                                                "seed 2": "2 seeds (0 and 1), not 3"}}
 METHOD_NAMES = ("fedbrb", "fedrolex", "heterofl", "fd", "fedavg_small", "fedavg")
 ROLE_NAMES = {"lam_zero", "lam_constant", "lam_decay", "diagonal", "smallest_only"}
 
