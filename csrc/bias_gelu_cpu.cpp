@@ -47,20 +47,16 @@ inline void store_n(float *p, vf v, int64_t n) {
 extern "C" {
 void fedbrb_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t T, int64_t C,
                               int64_t threads) {
-    const int64_t blocks = (N * T + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(int(threads)) schedule(static)
-    for (int64_t block = 0; block < blocks; block++) {
-        row_blocks<ROWS>(block * ROWS, std::min((block + 1) * ROWS, N * T), [&](int64_t row, auto count) {
-            constexpr int R = decltype(count)::value;
-            for (int64_t c = 0; c < C; c += W) {
-                const int64_t n = std::min<int64_t>(W, C - c);
-                vf z[R], cdf[R];
-                for (int u = 0; u < R; u++) z[u] = load_n(x + (row + u) * C + c, n) + load_n(b + (row + u) / T * C + c, n);
-                normal_cdf_n<R>(z, cdf, nullptr);
-                for (int u = 0; u < R; u++) store_n(y + (row + u) * C + c, z[u] * cdf[u], n);
-            }
-        });
-    }
+    parallel_row_blocks<ROWS>(N * T, threads, [&](int64_t row, auto count) {
+        constexpr int R = decltype(count)::value;
+        for (int64_t c = 0; c < C; c += W) {
+            const int64_t n = std::min<int64_t>(W, C - c);
+            vf z[R], cdf[R];
+            for (int u = 0; u < R; u++) z[u] = load_n(x + (row + u) * C + c, n) + load_n(b + (row + u) / T * C + c, n);
+            normal_cdf_n<R>(z, cdf, nullptr);
+            for (int u = 0; u < R; u++) store_n(y + (row + u) * C + c, z[u] * cdf[u], n);
+        }
+    });
 }
 
 // dx = dy * gelu'(x + b); db_parts[n, j] = the sum of dx over rows [j * rows_per_part, ...) of

@@ -16,9 +16,21 @@ using namespace fedbrb;
 
 constexpr int ROWS = 4;         // rows computed side by side
 constexpr int MAX_VECTORS = 4;  // widths up to 64 floats are held in registers
+static_assert(MAX_VECTORS == 4, "with_vectors dispatches widths of 1-4 vectors");
 
-// C / W where a row is at most MAX_VECTORS whole vectors, else 0 (the scalar loops).
-inline int vectors_per_row(int64_t C) { return C % W == 0 && C <= MAX_VECTORS * W ? int(C / W) : 0; }
+// f(std::integral_constant<int, V>) for rows of V = C / W <= MAX_VECTORS whole vectors; false
+// (nothing called) for other widths, which take the scalar loops.
+template <class F>
+inline bool with_vectors(int64_t C, F f) {
+    if (C % W != 0 || C > MAX_VECTORS * W) return false;
+    switch (C / W) {
+        case 1: f(std::integral_constant<int, 1>{}); return true;
+        case 2: f(std::integral_constant<int, 2>{}); return true;
+        case 3: f(std::integral_constant<int, 3>{}); return true;
+        case 4: f(std::integral_constant<int, 4>{}); return true;
+        default: return false;
+    }
+}
 
 // Writes row x normalized into y; returns 1 / std.
 inline float normalize_row(const float *x, float *y, int64_t C, float eps) {
@@ -70,14 +82,9 @@ inline void normalize_rows(const float *x, float *y, float *rstd, int64_t r, flo
 template <int V>
 void forward_vectors(const float *x, const float *bias, float *y, float *shifted, float *rstd, int64_t rows,
                      int64_t T, float eps, int64_t threads) {
-    const int64_t blocks = (rows + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(int(threads)) schedule(static)
-    for (int64_t block = 0; block < blocks; block++) {
-        const int64_t last = block * ROWS + ROWS < rows ? block * ROWS + ROWS : rows;
-        row_blocks<ROWS>(block * ROWS, last, [&](int64_t r, auto count) {
-            normalize_rows<V, decltype(count)::value>(x, y, rstd, r, eps, bias, shifted, T);
-        });
-    }
+    parallel_row_blocks<ROWS>(rows, threads, [&](int64_t r, auto count) {
+        normalize_rows<V, decltype(count)::value>(x, y, rstd, r, eps, bias, shifted, T);
+    });
 }
 
 // mean(dy) and mean(dy * y) over a row.
@@ -125,14 +132,9 @@ inline void normalize_rows_backward(const float *y, const float *rstd, const flo
 
 template <int V>
 void backward_vectors(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows, int64_t threads) {
-    const int64_t blocks = (rows + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(int(threads)) schedule(static)
-    for (int64_t block = 0; block < blocks; block++) {
-        const int64_t last = block * ROWS + ROWS < rows ? block * ROWS + ROWS : rows;
-        row_blocks<ROWS>(block * ROWS, last, [&](int64_t r, auto count) {
-            normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, nullptr, nullptr);
-        });
-    }
+    parallel_row_blocks<ROWS>(rows, threads, [&](int64_t r, auto count) {
+        normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, nullptr, nullptr);
+    });
 }
 
 template <int V>
@@ -155,26 +157,18 @@ void shift_backward_vectors(const float *y, const float *rstd, const float *dy, 
 extern "C" {
 void fedbrb_layer_norm_forward(const float *x, float *y, float *rstd, int64_t rows, int64_t C, float eps,
                                int64_t threads) {
-    switch (vectors_per_row(C)) {
-        case 1: return forward_vectors<1>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
-        case 2: return forward_vectors<2>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
-        case 3: return forward_vectors<3>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
-        case 4: return forward_vectors<4>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
-        default: break;
-    }
+    if (with_vectors(C, [&](auto v) {
+            forward_vectors<decltype(v)::value>(x, nullptr, y, nullptr, rstd, rows, 1, eps, threads);
+        }))
+        return;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < rows; r++) rstd[r] = normalize_row(x + r * C, y + r * C, C, eps);
 }
 
 void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows,
                                 int64_t C, int64_t threads) {
-    switch (vectors_per_row(C)) {
-        case 1: return backward_vectors<1>(y, rstd, dy, dx, rows, threads);
-        case 2: return backward_vectors<2>(y, rstd, dy, dx, rows, threads);
-        case 3: return backward_vectors<3>(y, rstd, dy, dx, rows, threads);
-        case 4: return backward_vectors<4>(y, rstd, dy, dx, rows, threads);
-        default: break;
-    }
+    if (with_vectors(C, [&](auto v) { backward_vectors<decltype(v)::value>(y, rstd, dy, dx, rows, threads); }))
+        return;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *yr = y + r * C, *gr = dy + r * C;
@@ -196,13 +190,10 @@ void fedbrb_layer_norm_backward(const float *y, const float *rstd, const float *
 extern "C" {
 void fedbrb_layer_norm_shift_forward(const float *x, const float *b, float *y, float *shifted, float *rstd, int64_t N,
                                      int64_t T, int64_t C, float eps, int64_t threads) {
-    switch (vectors_per_row(C)) {
-        case 1: return forward_vectors<1>(x, b, y, shifted, rstd, N * T, T, eps, threads);
-        case 2: return forward_vectors<2>(x, b, y, shifted, rstd, N * T, T, eps, threads);
-        case 3: return forward_vectors<3>(x, b, y, shifted, rstd, N * T, T, eps, threads);
-        case 4: return forward_vectors<4>(x, b, y, shifted, rstd, N * T, T, eps, threads);
-        default: break;
-    }
+    if (with_vectors(C, [&](auto v) {
+            forward_vectors<decltype(v)::value>(x, b, y, shifted, rstd, N * T, T, eps, threads);
+        }))
+        return;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t r = 0; r < N * T; r++) {
         const float *xr = x + r * C, *br = b + (r / T) * C;
@@ -216,13 +207,11 @@ void fedbrb_layer_norm_shift_forward(const float *x, const float *b, float *y, f
 void fedbrb_layer_norm_shift_backward(const float *y, const float *rstd, const float *dy, const float *dshifted,
                                       float *dx, float *db_parts, int64_t N, int64_t T, int64_t C,
                                       int64_t rows_per_part, int64_t threads) {
-    switch (vectors_per_row(C)) {
-        case 1: return shift_backward_vectors<1>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
-        case 2: return shift_backward_vectors<2>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
-        case 3: return shift_backward_vectors<3>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
-        case 4: return shift_backward_vectors<4>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part, threads);
-        default: break;
-    }
+    if (with_vectors(C, [&](auto v) {
+            shift_backward_vectors<decltype(v)::value>(y, rstd, dy, dshifted, dx, db_parts, N, T, rows_per_part,
+                                                       threads);
+        }))
+        return;
     const int64_t parts = (T + rows_per_part - 1) / rows_per_part;
 #pragma omp parallel for num_threads(int(threads)) schedule(static)
     for (int64_t task = 0; task < N * parts; task++) {

@@ -95,6 +95,14 @@ inline void row_blocks(int64_t first, int64_t last, F f) {
     for (; r < last; r++) f(r, std::integral_constant<int, 1>{});
 }
 
+// row_blocks over rows [0, rows), its blocks of R rows shared among `threads` OpenMP threads.
+template <int R, class F>
+inline void parallel_row_blocks(int64_t rows, int64_t threads, F f) {
+    const int64_t blocks = (rows + R - 1) / R;
+#pragma omp parallel for num_threads(int(threads)) schedule(static)
+    for (int64_t block = 0; block < blocks; block++) row_blocks<R>(block * R, block * R + R < rows ? block * R + R : rows, f);
+}
+
 inline vf vsqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);
