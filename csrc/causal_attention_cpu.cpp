@@ -52,7 +52,9 @@ struct LaneMap {
 
 template <int D>
 LaneMap lane_map(Strides st, int64_t S, int64_t L, int64_t H, int64_t g) {
-    LaneMap m{(g * W / H) * st.s, {}, 0, true, st.h == D && H % (W / D) == 0 && (g + 1) * W <= S * H};
+    constexpr int64_t heads_per_vector = D <= W ? W / D : 1;  // D > W: no row is a whole vector
+    LaneMap m{(g * W / H) * st.s, {}, 0, true,
+              D <= W && st.h == D && H % heads_per_vector == 0 && (g + 1) * W <= S * H};
     for (int t = 0; t < W; t++) {
         const int64_t pair = g * W + t;
         if (pair >= S * H) continue;
@@ -77,14 +79,16 @@ void pack(const Source &src, int64_t S, int64_t L, int64_t H, int64_t g, float *
     vf bias[D];
     for (int d = 0; d < D; d++) bias[d] = load(b[d]);
     const float *x = src.x + m.base;
-    if (m.rows_contiguous) {
-        for (int64_t i = 0; i < L; i++) {
-            vf row[D];
-            for (int r = 0; r < D; r++) row[r] = load(x + m.offset[r * (W / D)] + i * src.st.i);
-            items_to_lanes<D>(row);
-            for (int d = 0; d < D; d++) store(&buf[(i * D + d) * W], (row[d] + bias[d]) * src.mul);
+    if constexpr (D <= W) {
+        if (m.rows_contiguous) {
+            for (int64_t i = 0; i < L; i++) {
+                vf row[D];
+                for (int r = 0; r < D; r++) row[r] = load(x + m.offset[r * (W / D)] + i * src.st.i);
+                items_to_lanes<D>(row);
+                for (int d = 0; d < D; d++) store(&buf[(i * D + d) * W], (row[d] + bias[d]) * src.mul);
+            }
+            return;
         }
-        return;
     }
 #if defined(__AVX512F__)
     if (m.gatherable) {
@@ -112,12 +116,14 @@ void pack(const Source &src, int64_t S, int64_t L, int64_t H, int64_t g, float *
 template <int D>
 void unpack_row(const vf *row, const LaneMap &m, Strides st, int64_t i, float *x) {
     float *dst = x + m.base + i * st.i;  // (a vector scatter measured no faster than this loop)
-    if (m.rows_contiguous) {
-        vf items[D];
-        for (int d = 0; d < D; d++) items[d] = row[d];
-        lanes_to_items<D>(items);
-        for (int r = 0; r < D; r++) store(dst + m.offset[r * (W / D)], items[r]);
-        return;
+    if constexpr (D <= W) {
+        if (m.rows_contiguous) {
+            vf items[D];
+            for (int d = 0; d < D; d++) items[d] = row[d];
+            lanes_to_items<D>(items);
+            for (int r = 0; r < D; r++) store(dst + m.offset[r * (W / D)], items[r]);
+            return;
+        }
     }
     float lanes[D][W];
     for (int d = 0; d < D; d++) store(lanes[d], row[d]);

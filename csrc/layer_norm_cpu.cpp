@@ -4,8 +4,9 @@
 // The backward takes the forward's output y (the next GEMM saves it anyway) and 1 / std per row:
 // dx = rstd * (dy - mean(dy) - y * mean(dy * y)).
 //
-// Rows of V = C / W <= 4 whole vectors stay in registers, ROWS of them side by side, their sums
-// taken across lanes by a butterfly (all_lanes_sum); other widths take the scalar loops.
+// Rows of V = C / W whole vectors, up to 64 floats, stay in registers, rows_for<V>() of them side
+// by side, their sums taken across lanes by a butterfly (all_lanes_sum); other widths take the
+// scalar loops.
 #include <cmath>
 #include <cstdint>
 
@@ -14,21 +15,28 @@
 namespace {
 using namespace fedbrb;
 
-constexpr int ROWS = 4;         // rows computed side by side
-constexpr int MAX_VECTORS = 4;  // widths up to 64 floats are held in registers
-static_assert(MAX_VECTORS == 4, "with_vectors dispatches widths of 1-4 vectors");
+constexpr int MAX_VECTORS = 64 / W;  // widths up to 64 floats are held in registers
+
+// Rows computed side by side: 4, fewer where a block's rows (input and gradient, V vectors each)
+// would not fit in the vector registers.
+template <int V>
+constexpr int rows_for() {
+    constexpr int fit = REGISTERS / (2 * V);
+    return fit >= 4 ? 4 : fit >= 1 ? fit : 1;
+}
 
 // f(std::integral_constant<int, V>) for rows of V = C / W <= MAX_VECTORS whole vectors; false
 // (nothing called) for other widths, which take the scalar loops.
-template <class F>
+template <int V = 1, class F>
 inline bool with_vectors(int64_t C, F f) {
-    if (C % W != 0 || C > MAX_VECTORS * W) return false;
-    switch (C / W) {
-        case 1: f(std::integral_constant<int, 1>{}); return true;
-        case 2: f(std::integral_constant<int, 2>{}); return true;
-        case 3: f(std::integral_constant<int, 3>{}); return true;
-        case 4: f(std::integral_constant<int, 4>{}); return true;
-        default: return false;
+    if constexpr (V > MAX_VECTORS) {
+        return false;
+    } else {
+        if (C == V * W) {
+            f(std::integral_constant<int, V>{});
+            return true;
+        }
+        return with_vectors<V + 1>(C, f);
     }
 }
 
@@ -82,7 +90,7 @@ inline void normalize_rows(const float *x, float *y, float *rstd, int64_t r, flo
 template <int V>
 void forward_vectors(const float *x, const float *bias, float *y, float *shifted, float *rstd, int64_t rows,
                      int64_t T, float eps, int64_t threads) {
-    parallel_row_blocks<ROWS>(rows, threads, [&](int64_t r, auto count) {
+    parallel_row_blocks<rows_for<V>()>(rows, threads, [&](int64_t r, auto count) {
         normalize_rows<V, decltype(count)::value>(x, y, rstd, r, eps, bias, shifted, T);
     });
 }
@@ -132,7 +140,7 @@ inline void normalize_rows_backward(const float *y, const float *rstd, const flo
 
 template <int V>
 void backward_vectors(const float *y, const float *rstd, const float *dy, float *dx, int64_t rows, int64_t threads) {
-    parallel_row_blocks<ROWS>(rows, threads, [&](int64_t r, auto count) {
+    parallel_row_blocks<rows_for<V>()>(rows, threads, [&](int64_t r, auto count) {
         normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, nullptr, nullptr);
     });
 }
@@ -146,7 +154,7 @@ void shift_backward_vectors(const float *y, const float *rstd, const float *dy, 
         const int64_t n = task / parts, first = (task % parts) * rows_per_part;
         const int64_t last = first + rows_per_part < T ? first + rows_per_part : T;
         vf acc[V] = {};
-        row_blocks<ROWS>(n * T + first, n * T + last, [&](int64_t r, auto count) {
+        row_blocks<rows_for<V>()>(n * T + first, n * T + last, [&](int64_t r, auto count) {
             normalize_rows_backward<V, decltype(count)::value>(y, rstd, dy, dx, r, dshifted, acc);
         });
         for (int j = 0; j < V; j++) store(db_parts + task * V * W + j * W, acc[j]);

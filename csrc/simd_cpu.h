@@ -1,16 +1,31 @@
-// W-wide float vectors for the compiled CPU kernels (GCC/Clang vector extensions: the compiler
-// maps them to AVX-512, pairs of AVX2 registers or NEON, whatever -march=native offers).
+// W-wide float vectors for the compiled CPU kernels (GCC/Clang vector extensions), W the host's
+// native width: 16 with AVX-512, 8 with AVX (AVX2 hosts such as AMD Zen 1-3), else 4 (SSE, NEON).
+// A width the host lacks would not do: GCC lowers a 16-wide compare, select or min on AVX2 into
+// one scalar operation per lane, which made every kernel several times slower than torch there.
 #pragma once
 #include <cstdint>
 #include <climits>
 #include <cstring>
 #include <type_traits>
-#if defined(__AVX512F__)
+#if defined(__AVX__) || defined(__SSE__)
 #include <immintrin.h>
 #endif
 
 namespace fedbrb {
+#if defined(__AVX512F__)
 constexpr int W = 16;
+#elif defined(__AVX__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+// Vector registers of the ISA (AVX-512 and NEON 32, AVX and SSE 16): bounds how many rows a kernel
+// keeps in flight side by side.
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int REGISTERS = 32;
+#else
+constexpr int REGISTERS = 16;
+#endif
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int32_t vi __attribute__((vector_size(W * 4)));
 
@@ -36,6 +51,7 @@ inline void store_tail(float *p, vf v, int64_t n) {
 // each (x[r] holds items r * W / D ... in order, D elements apiece: the items' memory layout), and
 // back: log2(D) stages of two-input shuffles (the perfect shuffle), instead of W * D scalar moves
 // or gathers. D is a power of two at most W.
+#if defined(__AVX512F__)
 inline vf interleave_low(vf a, vf b) {
     return __builtin_shuffle(a, b, vi{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
 }
@@ -48,10 +64,21 @@ inline vf even_lanes(vf a, vf b) {
 inline vf odd_lanes(vf a, vf b) {
     return __builtin_shuffle(a, b, vi{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
 }
+#elif defined(__AVX__)
+inline vf interleave_low(vf a, vf b) { return __builtin_shuffle(a, b, vi{0, 8, 1, 9, 2, 10, 3, 11}); }
+inline vf interleave_high(vf a, vf b) { return __builtin_shuffle(a, b, vi{4, 12, 5, 13, 6, 14, 7, 15}); }
+inline vf even_lanes(vf a, vf b) { return __builtin_shuffle(a, b, vi{0, 2, 4, 6, 8, 10, 12, 14}); }
+inline vf odd_lanes(vf a, vf b) { return __builtin_shuffle(a, b, vi{1, 3, 5, 7, 9, 11, 13, 15}); }
+#else
+inline vf interleave_low(vf a, vf b) { return __builtin_shuffle(a, b, vi{0, 4, 1, 5}); }
+inline vf interleave_high(vf a, vf b) { return __builtin_shuffle(a, b, vi{2, 6, 3, 7}); }
+inline vf even_lanes(vf a, vf b) { return __builtin_shuffle(a, b, vi{0, 2, 4, 6}); }
+inline vf odd_lanes(vf a, vf b) { return __builtin_shuffle(a, b, vi{1, 3, 5, 7}); }
+#endif
 
 template <int D>
 inline void lanes_to_items(vf *x) {
-    static_assert(W == 16 && D >= 1 && D <= W && (D & (D - 1)) == 0, "the shuffles are written for 16 lanes");
+    static_assert(D >= 1 && D <= W && (D & (D - 1)) == 0, "D must be a power of two at most W");
     for (int stage = 1; stage < D; stage *= 2) {
         vf y[D];
         for (int j = 0; j < D / 2; j++) {
@@ -64,7 +91,7 @@ inline void lanes_to_items(vf *x) {
 
 template <int D>
 inline void items_to_lanes(vf *x) {
-    static_assert(W == 16 && D >= 1 && D <= W && (D & (D - 1)) == 0, "the shuffles are written for 16 lanes");
+    static_assert(D >= 1 && D <= W && (D & (D - 1)) == 0, "D must be a power of two at most W");
     for (int stage = 1; stage < D; stage *= 2) {
         vf y[D];
         for (int j = 0; j < D / 2; j++) {
@@ -75,14 +102,22 @@ inline void items_to_lanes(vf *x) {
     }
 }
 
-// The sum of v's lanes, in every lane: a butterfly over lane partners i ^ 8, 4, 2, 1, so each
+// The sum of v's lanes, in every lane: a butterfly over lane partners i ^ W / 2, ..., 2, 1, so each
 // pair of lanes adds the same two values and every lane ends with the same bits.
 inline vf all_lanes_sum(vf v) {
-    static_assert(W == 16, "the butterfly is written for 16 lanes");
+#if defined(__AVX512F__)
     v += __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
     v += __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
     v += __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
     return v + __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+#elif defined(__AVX__)
+    v += __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3});
+    v += __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5});
+    return v + __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6});
+#else
+    v += __builtin_shuffle(v, vi{2, 3, 0, 1});
+    return v + __builtin_shuffle(v, vi{1, 0, 3, 2});
+#endif
 }
 
 // Calls f(row, std::integral_constant<int, R>) for blocks of R rows in [first, last), then
@@ -106,6 +141,10 @@ inline void parallel_row_blocks(int64_t rows, int64_t threads, F f) {
 inline vf vsqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);
+#elif defined(__AVX__)
+    return (vf)_mm256_sqrt_ps((__m256)x);
+#elif defined(__SSE__)
+    return (vf)_mm_sqrt_ps((__m128)x);
 #else
     float lanes[W];
     store(lanes, x);
@@ -115,7 +154,7 @@ inline vf vsqrt(vf x) {
 }
 
 // 1 / sqrt(x) for x > 0: AVX-512's 14-bit estimate and one Newton step (~2 ulp), else a square
-// root and a division.
+// root and a division (once per row where it is used).
 inline vf vrsqrt(vf x) {
 #if defined(__AVX512F__)
     const vf r = (vf)_mm512_rsqrt14_ps((__m512)x);
@@ -133,11 +172,14 @@ inline bool all_at_most(vf x, float bound) {
     return true;
 }
 
-// 1 / x: AVX-512's 14-bit estimate and one Newton step (~1 ulp) where it exists, else a division
-// (a vector division costs about as much as the rest of a GELU).
+// 1 / x: the 14-bit (AVX-512) or 12-bit (AVX) estimate and one Newton step (~1 and ~2 ulp), else a
+// division (a vector division costs about as much as the rest of a GELU).
 inline vf vrcp(vf x) {
 #if defined(__AVX512F__)
     const vf r = (vf)_mm512_rcp14_ps((__m512)x);
+    return r * (2.0f - x * r);
+#elif defined(__AVX__)
+    const vf r = (vf)_mm256_rcp_ps((__m256)x);
     return r * (2.0f - x * r);
 #else
     return 1.0f / x;

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import shutil
+import subprocess
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -74,18 +78,32 @@ def test_the_cache_key_covers_the_included_header(fresh_cpu_kernels: Path, monke
     assert len(seen) == 2 and seen[0] != seen[1]
 
 
+# The vector width follows the ISA compiled for (csrc/simd_cpu.h): with these flags on an x86 host,
+# AVX2 (8 lanes, where the host has AVX) and SSE (4 lanes).
+NARROWER_ISAS = {"avx2": ("-mno-avx512f",), "sse": ("-mno-avx512f", "-mno-avx")}
+
+
 @needs_compiler
 @pytest.mark.slow  # compiles the three libraries again (seconds)
-def test_the_portable_code_paths_match_the_references(fresh_cpu_kernels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Built without AVX-512 (no vector gather, reciprocal estimate or square root), as on CPUs that lack it."""
+@pytest.mark.parametrize("isa", list(NARROWER_ISAS))
+def test_the_narrower_vector_widths_match_the_references(fresh_cpu_kernels: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         isa: str) -> None:
+    """Built for narrower vectors than AVX-512's (no vector gather, reciprocal estimate or square
+    root; other shuffle networks and register rows), as on CPUs that lack it."""
     from fedbrb_fast.kernels import bias_gelu_cpu, layer_norm_cpu
 
-    monkeypatch.setattr(cpu_library, "CXXFLAGS", (*cpu_library.CXXFLAGS, "-mno-avx512f"))
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the flags name x86 ISAs")
+    monkeypatch.setattr(cpu_library, "CXXFLAGS", (*cpu_library.CXXFLAGS, *NARROWER_ISAS[isa]))
     g = torch.Generator().manual_seed(0)
-    qkv, bias = torch.randn(6, 20, 36, generator=g), torch.randn(3, 36, generator=g)
-    torch.testing.assert_close(causal_attention_cpu.causal_attention_lanes(qkv, 3, bias),
-                               causal_attention_cpu.causal_attention_reference(qkv, 3, bias), rtol=2e-5, atol=2e-5)
-    for x in (torch.randn(7, 33, generator=g), torch.randn(9, 32, generator=g)):  # scalar loops, register rows
+    # head dimensions 2, 4 and 8 with head counts that do and do not fill whole vectors
+    for heads, dim in ((3, 4), (4, 4), (8, 2), (2, 8), (8, 8)):
+        qkv, bias = torch.randn(6, 20, 3 * heads * dim, generator=g), torch.randn(3, 3 * heads * dim, generator=g)
+        torch.testing.assert_close(causal_attention_cpu.causal_attention_lanes(qkv, heads, bias),
+                                   causal_attention_cpu.causal_attention_reference(qkv, heads, bias),
+                                   rtol=2e-5, atol=2e-5)
+    for x in (torch.randn(7, 33, generator=g), torch.randn(9, 32, generator=g), torch.randn(5, 64, generator=g),
+              torch.randn(6, 16, generator=g)):  # scalar loops, register rows of 2-16 vectors
         torch.testing.assert_close(layer_norm_cpu.layer_norm_rows(x, 1e-5),
                                    layer_norm_cpu.layer_norm_reference(x, 1e-5), rtol=1e-5, atol=2e-6)
     x, shift = torch.randn(2, 7, 48, generator=g), torch.randn(2, 48, generator=g)
@@ -95,4 +113,23 @@ def test_the_portable_code_paths_match_the_references(fresh_cpu_kernels: Path, m
     z, b = torch.randn(2, 5, 37, generator=g) * 3, torch.randn(2, 37, generator=g)
     torch.testing.assert_close(bias_gelu_cpu.bias_gelu_fused(z, b), bias_gelu_cpu.bias_gelu_reference(z, b),
                                rtol=1e-5, atol=2e-6)
-    assert len(list(fresh_cpu_kernels.glob("*.so"))) == 3  # built here, with the flag
+    assert len(list(fresh_cpu_kernels.glob("*.so"))) == 3  # built here, with the flags
+    lanes = ctypes.CDLL(str(next(fresh_cpu_kernels.glob("causal_attention_cpu-*.so")))).fedbrb_attention_lanes()
+    assert lanes == {"avx2": 8, "sse": 4}[isa] or (isa == "avx2" and lanes == 4 and not _host_has("avx"))
+
+
+@needs_compiler
+@pytest.mark.slow  # compiles the three sources (seconds)
+def test_every_source_compiles_for_avx512(tmp_path: Path) -> None:
+    """The 16-lane AVX-512 variant compiles on any x86 host (it runs only on one that has it)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86 ISA")
+    for source in SOURCES:
+        done = subprocess.run(["g++", *cpu_library.CXXFLAGS, "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+                               "-fsyntax-only", str(files("fedbrb_fast.csrc").joinpath(source))],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _host_has(flag: str) -> bool:
+    return flag in Path("/proc/cpuinfo").read_text().split()
