@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from interleave import interleaved  # noqa: E402
-from machine_check import NoiseCheck, measure_speed  # noqa: E402
+from machine_check import NoiseCheck, host_cpu, measure_speed  # noqa: E402
 
 from fedbrb_fast.kernels import cpu_library  # noqa: E402
 from fedbrb_fast.kernels.bias_gelu_cpu import SOURCE as BIAS_GELU  # noqa: E402
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + bias_gelu_rows(clients, sequences * length, repeats))
     check = NoiseCheck(before, measure_speed())
     print(f"drift {100 * check.drift:.0f}%" + (" NOISY: not a result" if check.noisy else " (quiet)"))
-    result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+    result = {"machine": platform.processor() or platform.machine(), **host_cpu(), "threads": args.threads,
               "torch": torch.__version__, "noise": check.as_dict(), "rows": rows}
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

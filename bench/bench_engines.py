@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, a
 
 from engine_cases import CONTENDERS, METHODS, contender, make_case  # noqa: E402
 from interleave import Timings, interleaved  # noqa: E402
-from machine_check import NOISE_TOLERANCE, NoiseCheck, measure_speed  # noqa: E402
+from machine_check import NOISE_TOLERANCE, NoiseCheck, host_cpu, measure_speed  # noqa: E402
 
 from fedbrb_fast.outputs import atomic_write_text  # noqa: E402
 
@@ -121,9 +121,10 @@ def measure_scaling_point(case_name: str, clients: int, repeats: int, max_timed:
 
 def merged(old: dict[str, Any], rows: list[dict[str, Any]],
            points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows and points of an earlier result file, those measured again replaced."""
+    """The rows and points of an earlier result file, those measured again on the same vector ISA
+    replaced (a row of another host's ISA stays: the compiled kernels differ)."""
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["case"], r["clients"], r["method"]
+        return r["case"], r["clients"], r["method"], r.get("vector_isa")
 
     new_rows = {key(r) for r in rows}
     new_points = {point_key(p) for p in points}
@@ -183,8 +184,8 @@ def markdown(result: dict[str, Any]) -> str:
 
     rows, rows_left = quiet(result["rows"])
     lines = ["| case | clients | method | plain s | reference s | batched s | batched vs plain | vs reference "
-             "| vs step-major | training, % of matmul peak | drift |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vs step-major | training, % of matmul peak | drift | host vector ISA |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         c, peak = r["contenders"], r.get("batched_train_of_peak")
         vs_stack = f"{r['batched_vs_stacked']:.2f}x" if "batched_vs_stacked" in r else "-"
@@ -193,7 +194,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['case']} | {r['clients']} | {r['method']} | {c['plain']['best_s']:.3f} "
                      f"| {ref_s} | {c['batched']['best_s']:.3f} | "
                      f"**{r['batched_vs_plain']:.1f}x** | {vs_ref} | {vs_stack} | "
-                     f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% |")
+                     f"{'-' if peak is None else f'{100 * peak:.0f}%'} | {100 * r['noise']['drift']:.0f}% "
+                     f"| {r.get('vector_isa', 'unrecorded')} |")
     text = "\n".join(lines) + rows_left
     points, points_left = quiet(result.get("scaling", []))
     for case in dict.fromkeys(point_key(p)[0] for p in points):  # one table per case, in file order
@@ -251,13 +253,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_scaling(points)
     command = "python bench/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for r in [*rows, *points]:
-        r.update(command=command, threads=args.threads)
+        r.update(command=command, threads=args.threads, **host_cpu())
     if args.merge and args.out and args.out.exists():
         rows, points = merged(json.loads(args.out.read_text()), rows, points)
     noisy = any(r["noise"]["noisy"] for r in rows) or any(p["noise"]["noisy"] for p in points)
     print("\nNOISY: another load changed the machine's speed during the run; do not report these figures."
           if noisy else "\nquiet: peak and bandwidth stayed within 15% around every measurement.")
-    result = {"noisy": noisy, "machine": platform.processor() or platform.machine(),
+    result = {"noisy": noisy, "machine": platform.processor() or platform.machine(), **host_cpu(),
               "torch": torch.__version__, "python": sys.version.split()[0], "quick": args.quick,
               "repeats": args.repeats, "max_timed": args.max_timed, "rows": rows, "scaling": points}
     if args.out:

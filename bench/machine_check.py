@@ -4,12 +4,28 @@ not results."""
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 NOISE_TOLERANCE = 0.15
+
+
+def host_cpu() -> dict[str, str]:
+    """The CPU's model name and widest vector ISA: the compiled CPU kernels' vector width follows the
+    ISA (csrc/simd_cpu.h), so a kernel or Transformer figure belongs to it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {"cpu": platform.processor() or platform.machine(), "vector_isa": "unknown"}
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), []))
+    isa = next((isa for isa, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("NEON", "asimd"))
+                if flag in flags), "SSE")
+    return {"cpu": name, "vector_isa": isa}
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ def test_benchmark_script_runs_and_writes_json(tmp_path):
                    "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert saved["vector_isa"] in ("AVX-512", "AVX2", "AVX", "NEON", "SSE", "unknown") and saved["cpu"]
     row = saved["rows"][0]
     assert set(row["contenders"]) == {"plain", "reference", "batched", "stacked"}
     assert row["batched_vs_stacked"] > 0
@@ -106,7 +107,7 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
     path = tmp_path / "engines.json"
     noisy = {**row, "method": "fedrolex", "noise": {"drift": 0.2}}
     other_case = {**point, "case": "preresnet", "clients": 200, "peak_rss_mb": 700.0}
-    path.write_text(json.dumps({"rows": [row, {**row, "method": "heterofl"}, noisy],
+    path.write_text(json.dumps({"rows": [row, {**row, "method": "heterofl", "vector_isa": "AVX2"}, noisy],
                                 "scaling": [point, {**point, "clients": 100, "noise": {"drift": 0.3}}, other_case]}))
     main(["--markdown", str(path)])
     lines = capsys.readouterr().out.splitlines()
@@ -114,8 +115,9 @@ def test_markdown_prints_every_row_and_point_of_a_result_file(tmp_path, capsys):
     assert [lines[i] for i in captions] == ["Scaling curve, mlp case (fedrolex):",
                                             "Scaling curve, preresnet case (fedrolex):"]
     assert lines[captions[1] + 4] == "| 200 | 7.200 | 1389 | 108.90 | **15.2x** | 700 | 10% |"
-    assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 1.62x | 38% | 6% |" in lines
+    assert "| mlp | 100 | fedbrb | 2.000 | 2.000 | 0.123 | **16.2x** | 9.5x | 1.62x | 38% | 6% | unrecorded |" in lines
     assert sum(line.startswith("| mlp | 100 |") for line in lines) == 2  # the noisy row is not a result
+    assert any(line.startswith("| mlp | 100 | heterofl |") and line.endswith("| AVX2 |") for line in lines)
     assert "| 10,000 | 7.200 | 1389 | 108.90 | **15.2x** | 803 | 10% |" in lines
     assert not any(line.startswith("| 100 |") for line in lines)
     assert sum("1 noisy entries (drift over 15%) left out" in line for line in lines) == 2
@@ -127,9 +129,12 @@ def test_merge_replaces_only_the_entries_measured_again():
     old = {"rows": [{"case": "mlp", "clients": 100, "method": m, "v": 1} for m in ("fedbrb", "heterofl")],
            "scaling": [{"clients": 10, "v": 1}, {"clients": 1000, "v": 1}]}
     again = [{"case": "mlp", "clients": 100, "method": "fedbrb", "v": 2}]
-    rows, points = merged(old, again, [{"case": "mlp", "clients": 100, "v": 2}, {"case": "preresnet", "clients": 10,
-                                                                                "v": 2}])
-    assert sorted((r["method"], r["v"]) for r in rows) == [("fedbrb", 2), ("heterofl", 1)]
+    other_host = {"case": "mlp", "clients": 100, "method": "heterofl", "v": 2, "vector_isa": "AVX2"}
+    rows, points = merged(old, [*again, other_host], [{"case": "mlp", "clients": 100, "v": 2},
+                                                      {"case": "preresnet", "clients": 10, "v": 2}])
+    # a row measured on another vector ISA replaces nothing: the compiled kernels differ
+    assert sorted((r["method"], r["v"], r.get("vector_isa")) for r in rows) == [
+        ("fedbrb", 2, None), ("heterofl", 1, None), ("heterofl", 2, "AVX2")]
     # points of older files (no case) are the MLP's; a point of another case replaces nothing
     assert [(p.get("case", "mlp"), p["clients"], p["v"]) for p in points] == [
         ("mlp", 10, 1), ("mlp", 100, 2), ("mlp", 1000, 1), ("preresnet", 10, 2)]
@@ -148,6 +153,7 @@ def test_cpu_kernel_benchmark_times_each_kernel_against_its_reference_and_writes
     result = main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert saved["vector_isa"] in ("AVX-512", "AVX2", "AVX", "NEON", "SSE", "unknown") and saved["cpu"]
     passes = ("forward", "forward+backward")
     assert {(r["shape"][-1] // 9, r["pass"]) for r in saved["rows"] if r["kernel"] == "attention"} == {
         (d, p) for d in (2, 4, 8, 16) for p in passes}
@@ -157,3 +163,14 @@ def test_cpu_kernel_benchmark_times_each_kernel_against_its_reference_and_writes
         lanes = row["kernel"] != "attention" or row["shape"][-1] // 9 in HEAD_DIMS
         assert ("kernel_vs_reference" in row) == lanes
         assert row["reference_best_s"] > 0 and "drift" in saved["noise"]
+
+
+@pytest.mark.parametrize(("flags", "isa"), [("fpu avx avx2 avx512f", "AVX-512"), ("fpu sse2 avx avx2 fma", "AVX2"),
+                                            ("fp asimd evtstrm", "NEON"), ("fpu sse sse2", "SSE")])
+def test_the_host_record_names_the_widest_vector_isa(monkeypatch, tmp_path, flags, isa):
+    import machine_check
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(machine_check, "Path", lambda _path: cpuinfo)
+    assert machine_check.host_cpu() == {"cpu": "Some CPU", "vector_isa": isa}
