@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     noisy = any(r["noise"]["noisy"] for r in rows) or any(p["noise"]["noisy"] for p in points)
     print("\nNOISY: another load changed the machine's speed during the run; do not report these figures."
           if noisy else "\nquiet: peak and bandwidth stayed within 15% around every measurement.")
-    result = {"noisy": noisy, "machine": platform.processor() or platform.machine(), **host_cpu(),
+    result = {"noisy": noisy, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "python": sys.version.split()[0], "quick": args.quick,
               "repeats": args.repeats, "max_timed": args.max_timed, "rows": rows, "scaling": points}
     if args.out:
