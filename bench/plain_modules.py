@@ -77,11 +77,14 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.norm2 = norm_module(norm, c_out, norm_groups, 2)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        # stride 1 on every stride-th pixel: oneDNN's strided 1x1 backward hangs or corrupts the heap on
+        # AVX2 hosts at a few channels (fedbrb_fast.models.preresnet_stacked.pointwise_conv)
+        self.stride = stride
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, bias=False) if stride != 1 or c_in != c_out else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.norm1(self.scaler(x)))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        shortcut = self.shortcut(out[:, :, ::self.stride, ::self.stride]) if self.shortcut is not None else x
         out = self.conv2(F.relu(self.norm2(self.scaler(self.conv1(out)))))
         return out + shortcut
 

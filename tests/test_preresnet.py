@@ -140,3 +140,25 @@ def test_built_from_its_config_section_and_refusing_vector_inputs():
     assert small.layout.group_sizes == (2,) * 3 + (4,) * 3 + (8,) * 3 + (16,) * 3  # fedavg_small: K = 8 narrower
     with pytest.raises(ValueError, match=r"model.arch: PreResNet-18 needs \(channels, height, width\) inputs"):
         build_model(cfg, (784,), 10)
+
+
+@pytest.mark.parametrize(("groups", "stride", "channels_last"),
+                         [(1, 2, False), (3, 2, True), (2, 1, True), (1, 3, False)])
+def test_the_pointwise_conv_is_the_strided_1x1_convolution(groups, stride, channels_last):
+    """Shortcut convolutions skip oneDNN's strided 1x1 backward (it hangs or corrupts the heap on AVX2
+    hosts); the float64 reference runs torch's native convolution."""
+    from fedbrb_fast.models.preresnet_stacked import pointwise_conv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2 * groups, 9, 10, generator=g)
+    w = torch.randn(3 * groups, 2, 1, 1, generator=g)
+    dy = torch.randn(4, 3 * groups, -(-9 // stride), -(-10 // stride), generator=g)
+    got_x = (x.to(memory_format=torch.channels_last) if channels_last else x.clone()).requires_grad_()
+    got_w = w.clone().requires_grad_()
+    got = pointwise_conv(got_x, got_w, stride, groups=groups)
+    got.backward(dy)
+    want_x, want_w = x.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.nn.functional.conv2d(want_x, want_w, stride=stride, groups=groups)
+    want.backward(dy.double())
+    for a, b in ((got, want), (got_x.grad, want_x.grad), (got_w.grad, want_w.grad)):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5)

@@ -27,7 +27,7 @@ from ..config import PreResNetConfig
 from .functional import normalize, scale_activation
 from .init import InitFromLayout
 from .layout import ModelLayout, ParamSpec
-from .preresnet_stacked import LINEARS, preresnet_forward_stacked
+from .preresnet_stacked import LINEARS, pointwise_conv, preresnet_forward_stacked
 from .stacked import StackedLinear
 
 NUM_STAGES = 4
@@ -118,7 +118,7 @@ def preresnet_forward(params: Mapping[str, Tensor], x: Tensor, *, num_stages: in
     h = F.conv2d(x, params["stem.weight"], padding=1)
     for b in blocks(num_stages):
         a = pre_activation(h, f"{b.prefix}.norm1")
-        shortcut = F.conv2d(a, params[f"{b.prefix}.shortcut.weight"], stride=b.stride) if b.has_shortcut_conv else h
+        shortcut = pointwise_conv(a, params[f"{b.prefix}.shortcut.weight"], b.stride) if b.has_shortcut_conv else h
         out = F.conv2d(a, params[f"{b.prefix}.conv1.weight"], stride=b.stride, padding=1)
         out = F.conv2d(pre_activation(out, f"{b.prefix}.norm2"), params[f"{b.prefix}.conv2.weight"], padding=1)
         h = out + shortcut

@@ -42,7 +42,17 @@ class ResidualBlock(Protocol):
 
 def grouped_conv(h: Tensor, weight: Tensor, clients: int, *, stride: int = 1, padding: int = 0) -> Tensor:
     """Every client's conv at once: h [b, n*C_in, H, W], weight [n, C_out, C_in, k, k]."""
+    if weight.shape[-2:] == (1, 1) and padding == 0:
+        return pointwise_conv(h, weight.reshape(-1, *weight.shape[2:]), stride, groups=clients)
     return F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), stride=stride, padding=padding, groups=clients)
+
+
+def pointwise_conv(h: Tensor, weight: Tensor, stride: int, *, groups: int = 1) -> Tensor:
+    """A 1x1 convolution with `stride` as the stride-1 convolution of every stride-th pixel (the
+    same numbers): oneDNN's backward of a strided 1x1 convolution over a few channels hangs or
+    corrupts the heap on AVX2 hosts (torch 2.13, oneDNN 3.12, AMD EPYC; docs/batched_engine.md),
+    and its stride-1 kernels do not."""
+    return F.conv2d(h[:, :, ::stride, ::stride] if stride != 1 else h, weight, groups=groups)
 
 
 def scaled_norm(h: Tensor, clients: int, kind: str, weight: Tensor | None, bias: Tensor | None, groups: int,
