@@ -161,4 +161,5 @@ def test_the_pointwise_conv_is_the_strided_1x1_convolution(groups, stride, chann
     want = torch.nn.functional.conv2d(want_x, want_w, stride=stride, groups=groups)
     want.backward(dy.double())
     for a, b in ((got, want), (got_x.grad, want_x.grad), (got_w.grad, want_w.grad)):
+        assert a is not None and b is not None
         torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5)
